@@ -1,0 +1,444 @@
+"""SEvo optimizers: AdamW / Adam / SGD whose update of the item table is smoothed over a graph.
+
+Smoothing is a per-param-group option (CONVENTIONS 1)::
+
+    opt = SEvoAdamW(
+        [{"params": [model.item_emb.weight], "smoother": Smoother(graph)},
+         {"params": other_params}],
+        lr=1e-3, weight_decay=0.1,
+    )
+
+ψ is applied to the optimizer's *final* update direction of the smoothed group only — never to the
+raw gradient; moment buffers stay unsmoothed and weight decay is not smoothed (DESIGN §2). Groups
+without a smoother are plain AdamW / Adam / SGD. Several params in one smoothed group are stacked
+row-wise (e.g. users on top of items for a bipartite graph) before ψ and split afterwards.
+
+Online use: a smoothed table may *grow* between steps (new items get new rows). The optimizer
+extends its state for the new rows with fresh values (zero moments, a per-row step count of zero),
+so new rows get the bias correction of a brand-new parameter.
+
+Checkpoints: ``state_dict()`` holds only tensors and plain numbers (the smoother is dropped), so
+it round-trips through ``torch.save`` / ``torch.load(..., weights_only=True)``;
+``load_state_dict`` keeps each group's current smoother attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["SEvoAdam", "SEvoAdamW", "SEvoSGD", "sevo_adam", "sevo_sgd"]
+
+SmootherFn = Callable[[Tensor], Tensor]
+
+
+# ---------------------------------------------------------------------- shared helpers
+def _check_hparams(lr: float, eps: float | None, weight_decay: float, betas=None) -> None:
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if eps is not None and not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if betas is not None:
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+
+
+def _grow_rows(buf: Tensor, rows: int) -> Tensor:
+    """Return ``buf`` extended with zero rows up to ``rows`` (state for a grown table)."""
+    if buf.dim() == 0 or buf.shape[0] == rows:
+        return buf
+    if buf.shape[0] > rows:
+        raise RuntimeError(
+            f"a parameter shrank from {buf.shape[0]} to {rows} rows; optimizer state cannot follow"
+        )
+    pad = buf.new_zeros((rows - buf.shape[0], *buf.shape[1:]))
+    return torch.cat([buf, pad], dim=0)
+
+
+def _apply_smoothed(
+    params: list[Tensor], directions: list[Tensor], smoother: SmootherFn | None, lr: float
+) -> None:
+    """P ← P − lr·ψ(Δ), stacking the group's params row-wise for one ψ call."""
+    if not params:
+        return
+    if smoother is None:
+        for p, d in zip(params, directions):
+            p.add_(d, alpha=-lr)
+        return
+    stacked = directions[0] if len(directions) == 1 else torch.cat(directions, dim=0)
+    smoothed = smoother(stacked)
+    if smoothed.shape != stacked.shape:
+        raise RuntimeError(
+            f"smoother returned shape {tuple(smoothed.shape)} for input {tuple(stacked.shape)}"
+        )
+    offset = 0
+    for p in params:
+        rows = p.shape[0]
+        p.add_(smoothed[offset : offset + rows].to(p.dtype), alpha=-lr)
+        offset += rows
+
+
+class _SmoothedOptimizer(Optimizer):
+    """Common plumbing: the ``smoother`` group option and weights-only state dicts."""
+
+    def __init__(self, params, defaults: dict[str, Any]) -> None:
+        defaults = {**defaults, "smoother": None}
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            self._validate_group(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._validate_group(self.param_groups[-1])
+
+    @staticmethod
+    def _validate_group(group: dict[str, Any]) -> None:
+        smoother = group.get("smoother")
+        if smoother is None:
+            return
+        if not callable(smoother):
+            raise ValueError("a param group's 'smoother' must be callable (X -> ψ(X)) or None")
+        cols = {tuple(p.shape[1:]) for p in group["params"]}
+        if any(p.dim() != 2 for p in group["params"]) or len(cols) > 1:
+            raise ValueError(
+                "a smoothed param group must hold 2-D tables with the same number of columns, "
+                f"got shapes {[tuple(p.shape) for p in group['params']]}"
+            )
+        if any(p.is_sparse for p in group["params"]):
+            raise ValueError("sparse parameters are not supported")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        for group in state["param_groups"]:
+            group.pop("smoother", None)  # never serialise code: checkpoints load weights-only
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        smoothers = [group.get("smoother") for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, smoother in zip(self.param_groups, smoothers):
+            group["smoother"] = smoother
+
+    def _row_state(self, p: Tensor) -> dict[str, Tensor]:
+        """Lazily create / grow the state of ``p``.
+
+        ``step`` is counted per leading-dimension row (shape (N, 1, ...)), so rows added when a
+        table grows start at step 0 with zero moments, exactly like a brand-new parameter.
+        """
+        state = self.state[p]
+        if not state:
+            step_shape = (p.shape[0], *([1] * (p.dim() - 1))) if p.dim() else ()
+            state["step"] = torch.zeros(step_shape, dtype=torch.float32, device=p.device)
+            self._init_buffers(p, state)
+        elif p.dim() and p.shape[0] != state["step"].shape[0]:
+            for key, value in state.items():
+                state[key] = _grow_rows(value, p.shape[0])
+        return state
+
+    def _init_buffers(self, p: Tensor, state: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+
+def _grads_for(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+    """Params that take part in this step and their gradients.
+
+    In a smoothed group a table without a gradient still takes part (all its rows count as
+    unsampled) once it has state, as SEvo-AdamW keeps every row evolving; in plain groups a
+    param without a gradient is skipped, as in torch.optim.
+    """
+    params, grads = [], []
+    smoothed = group["smoother"] is not None
+    for p in group["params"]:
+        if p.grad is None:
+            if not smoothed:
+                continue
+            grad = torch.zeros_like(p)
+        else:
+            if p.grad.is_sparse:
+                raise RuntimeError("SEvo optimizers do not support sparse gradients")
+            grad = p.grad
+        params.append(p)
+        grads.append(grad)
+    return params, grads
+
+
+# ---------------------------------------------------------------------- SEvo-AdamW
+def sevo_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    smoother: SmootherFn | None,
+) -> None:
+    """Functional SEvo-AdamW step (see :class:`SEvoAdamW`); mutates params and state in place."""
+    directions = []
+    zero_row_correction = smoother is not None
+    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        t.add_(1)
+        p.mul_(1.0 - lr * weight_decay)
+        if zero_row_correction:
+            unsampled = (g == 0).all(dim=1, keepdim=True)  # (N, 1)
+            prev = t.sub(1).clamp_(min=1)
+            g_tilde = torch.where(unsampled, m / (1 - beta1**prev), g)
+            q_tilde = torch.where(unsampled, v / (1 - beta2**prev), g * g)
+            m.mul_(beta1).add_(g_tilde, alpha=1 - beta1)
+            v.mul_(beta2).add_(q_tilde, alpha=1 - beta2)
+        else:
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias1 = 1 - beta1**t
+        bias2_sqrt = (1 - beta2**t).sqrt()
+        denom = (v.sqrt() / bias2_sqrt).add_(eps)
+        directions.append(m / bias1 / denom)
+    _apply_smoothed(params, directions, smoother, lr)
+
+
+class SEvoAdamW(_SmoothedOptimizer):
+    r"""AdamW whose item-table update is smoothed by ψ — the optimizer the SEvo paper uses.
+
+    Per step t, for every param: decoupled weight decay ``P ← P(1 − lr·wd)`` on every row.
+    For a smoothed table, rows whose gradient is entirely zero this step ("unsampled") feed their
+    previous bias-corrected moments instead of the zero gradient::
+
+        g̃_i = m_i / (1 − β1^{t−1}),   q̃_i = v_i / (1 − β2^{t−1})      (t−1 → max(1, t−1))
+
+    sampled rows use g and g²; then ``m ← β1·m + (1−β1)·g̃``, ``v ← β2·v + (1−β2)·q̃``,
+    ``Δ = m̂ / (√v̂ + ε)`` with the usual bias corrections at t, and ``P ← P − lr·ψ(Δ)``.
+    So an unsampled row keeps m̂ and v̂ and its Δ repeats. Groups without a smoother get plain
+    AdamW (equal to ``torch.optim.AdamW``). With β = 0 (or L = 0) and no all-zero rows the
+    smoothed group also equals ``torch.optim.AdamW`` step for step.
+
+    Args:
+        params: params or param groups; a group may carry ``"smoother": Smoother(...)``.
+        lr: learning rate.
+        betas: (β1, β2) for the moments.
+        eps: added to the denominator.
+        weight_decay: decoupled weight decay coefficient.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        _check_hparams(lr, eps, weight_decay, betas)
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
+
+    def _init_buffers(self, p: Tensor, state: dict[str, Tensor]) -> None:
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = _grads_for(group)
+            states = [self._row_state(p) for p in params]
+            beta1, beta2 = group["betas"]
+            sevo_adamw(
+                params,
+                grads,
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                smoother=group["smoother"],
+            )
+        return loss
+
+
+# ---------------------------------------------------------------------- SEvo-Adam
+def sevo_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    smoother: SmootherFn | None,
+) -> None:
+    """Functional SEvo-Adam step (coupled L2, no zero-row correction)."""
+    directions = []
+    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        t.add_(1)
+        if weight_decay:
+            g = g.add(p, alpha=weight_decay)
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias1 = 1 - beta1**t
+        bias2_sqrt = (1 - beta2**t).sqrt()
+        denom = (v.sqrt() / bias2_sqrt).add_(eps)
+        directions.append(m / bias1 / denom)
+    _apply_smoothed(params, directions, smoother, lr)
+
+
+class SEvoAdam(_SmoothedOptimizer):
+    r"""Adam with coupled L2 whose item-table update is smoothed by ψ.
+
+    ``g ← g + wd·P``; ``m, v`` as in Adam; ``P ← P − lr·ψ(m̂ / (√v̂ + ε))``. No zero-row
+    correction. Without a smoother (or with β = 0) it equals ``torch.optim.Adam``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        _check_hparams(lr, eps, weight_decay, betas)
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
+
+    _init_buffers = SEvoAdamW._init_buffers
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = _grads_for(group)
+            states = [self._row_state(p) for p in params]
+            beta1, beta2 = group["betas"]
+            sevo_adam(
+                params,
+                grads,
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                smoother=group["smoother"],
+            )
+        return loss
+
+
+# ---------------------------------------------------------------------- SEvo-SGD
+def sevo_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    smoother: SmootherFn | None,
+) -> list[Tensor | None]:
+    """Functional SEvo-SGD step; returns the (possibly new) momentum buffers."""
+    directions, new_buffers = [], []
+    for p, g, buf in zip(params, grads, momentum_buffers):
+        d = g.add(p, alpha=weight_decay) if weight_decay else g
+        if momentum:
+            if buf is None:
+                buf = d.detach().clone()
+            else:
+                buf.mul_(momentum).add_(d, alpha=1 - dampening)
+            d = d.add(buf, alpha=momentum) if nesterov else buf
+        directions.append(d)
+        new_buffers.append(buf)
+    _apply_smoothed(params, directions, smoother, lr)
+    return new_buffers
+
+
+class SEvoSGD(_SmoothedOptimizer):
+    r"""SGD (momentum, dampening, Nesterov as in ``torch.optim.SGD``) with ψ-smoothed updates.
+
+    ``d = g + wd·P``; the momentum buffer stores the *unsmoothed* value; ``P ← P − lr·ψ(d)``.
+    Rows added by table growth start with a zero momentum buffer.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        _check_hparams(lr, None, weight_decay)
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+            },
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = _grads_for(group)
+            buffers = []
+            for p in params:
+                buf = self.state[p].get("momentum_buffer")
+                if buf is not None and buf.shape[0] != p.shape[0]:
+                    buf = _grow_rows(buf, p.shape[0])
+                buffers.append(buf)
+            new_buffers = sevo_sgd(
+                params,
+                grads,
+                buffers,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                weight_decay=group["weight_decay"],
+                smoother=group["smoother"],
+            )
+            for p, buf in zip(params, new_buffers):
+                if buf is not None:
+                    self.state[p]["momentum_buffer"] = buf
+        return loss

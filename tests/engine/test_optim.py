@@ -1,0 +1,292 @@
+"""SEvo optimizers as a table of invariants (CONVENTIONS 2)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from engine.optim import SEvoAdam, SEvoAdamW, SEvoSGD
+from engine.sevo import Smoother
+from graph_store import ItemGraph
+
+
+def ring_graph(n: int, skip: tuple[int, ...] = (0,)) -> ItemGraph:
+    nodes = np.array([i for i in range(n) if i not in skip])
+    g = ItemGraph(n)
+    g.add_edges(nodes, np.roll(nodes, 1), np.linspace(0.5, 2.0, nodes.size))
+    return g
+
+
+def tiny_model(seed: int, rows: int = 12, dim: int = 4):
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.nn.Parameter(torch.randn(rows, dim, generator=gen))
+    dense = torch.nn.Parameter(torch.randn(dim, 3, generator=gen))
+    return table, dense
+
+
+def loss_fn(table, dense, step: int, rows_used=None):
+    gen = torch.Generator().manual_seed(100 + step)
+    idx = rows_used if rows_used is not None else torch.arange(table.shape[0])
+    x = table[idx] @ dense
+    target = torch.randn(x.shape, generator=gen)
+    return ((x - target) ** 2).mean()
+
+
+def run_steps(opt, table, dense, steps, rows_used=None):
+    for t in range(steps):
+        opt.zero_grad()
+        loss_fn(table, dense, t, rows_used).backward()
+        opt.step()
+
+
+CASES = [
+    (SEvoAdamW, torch.optim.AdamW, {"lr": 1e-2, "betas": (0.9, 0.98), "weight_decay": 0.1}),
+    (SEvoAdamW, torch.optim.AdamW, {"lr": 3e-3, "eps": 1e-6, "weight_decay": 0.0}),
+    (SEvoAdam, torch.optim.Adam, {"lr": 1e-2, "weight_decay": 0.05}),
+    (SEvoSGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    (SEvoSGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    (SEvoSGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.5, "dampening": 0.3}),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "kwargs"), CASES)
+@pytest.mark.parametrize("smoother_kind", ["none", "beta0", "L0"])
+def test_identity_smoother_equals_torch_step_for_step(ours, theirs, kwargs, smoother_kind):
+    graph = ring_graph(12, skip=())
+    smoother = {"none": None, "beta0": Smoother(graph, beta=0.0), "L0": Smoother(graph, L=0)}
+    a_table, a_dense = tiny_model(0)
+    b_table, b_dense = tiny_model(0)
+    opt_a = ours(
+        [{"params": [a_table], "smoother": smoother[smoother_kind]}, {"params": [a_dense]}],
+        **kwargs,
+    )
+    opt_b = theirs([b_table, b_dense], **kwargs)
+    for t in range(8):
+        for opt, table, dense in [(opt_a, a_table, a_dense), (opt_b, b_table, b_dense)]:
+            opt.zero_grad()
+            loss_fn(table, dense, t).backward()
+            opt.step()
+        torch.testing.assert_close(a_table, b_table, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a_dense, b_dense, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("ours", "kwargs"), [(c[0], c[2]) for c in CASES])
+def test_state_dict_round_trip_continues_in_lockstep(ours, kwargs):
+    graph = ring_graph(12)
+    a_table, a_dense = tiny_model(1)
+    opt_a = ours(
+        [{"params": [a_table], "smoother": Smoother(graph)}, {"params": [a_dense]}], **kwargs
+    )
+    run_steps(opt_a, a_table, a_dense, 3)
+    buffer = io.BytesIO()
+    torch.save({"opt": opt_a.state_dict(), "table": a_table.data, "dense": a_dense.data}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # no arbitrary unpickling
+    b_table = torch.nn.Parameter(saved["table"].clone())
+    b_dense = torch.nn.Parameter(saved["dense"].clone())
+    b_smoother = Smoother(graph)
+    opt_b = ours([{"params": [b_table], "smoother": b_smoother}, {"params": [b_dense]}], **kwargs)
+    opt_b.load_state_dict(saved["opt"])
+    assert opt_b.param_groups[0]["smoother"] is b_smoother, "smoother stays attached"
+    assert "smoother" not in saved["opt"]["param_groups"][0]
+    for t in range(3, 6):
+        for opt, table, dense in [(opt_a, a_table, a_dense), (opt_b, b_table, b_dense)]:
+            opt.zero_grad()
+            loss_fn(table, dense, t).backward()
+            opt.step()
+        assert torch.equal(a_table, b_table) and torch.equal(a_dense, b_dense)
+
+
+@pytest.mark.parametrize("ours", [SEvoAdamW, SEvoAdam, SEvoSGD])
+def test_zero_gradients_and_zero_weight_decay_change_nothing(ours):
+    graph = ring_graph(12)
+    table, dense = tiny_model(2)
+    before = table.detach().clone(), dense.detach().clone()
+    opt = ours(
+        [{"params": [table], "smoother": Smoother(graph)}, {"params": [dense]}],
+        lr=0.1,
+        weight_decay=0.0,
+    )
+    for _ in range(3):
+        table.grad = torch.zeros_like(table)
+        dense.grad = torch.zeros_like(dense)
+        opt.step()
+    assert torch.equal(table, before[0]) and torch.equal(dense, before[1])
+
+
+def test_unsampled_row_direction_repeats_from_step_two():
+    graph = ring_graph(12)
+    captured = []
+
+    class Recorder:
+        """An identity 'smoother' that records the pre-smoothing direction Δ."""
+
+        def __call__(self, X):
+            captured.append(X.clone())
+            return X
+
+    table, dense = tiny_model(3)
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": Recorder()}, {"params": [dense]}],
+        lr=1e-2,
+        weight_decay=0.1,
+    )
+    run_steps(opt, table, dense, 2)  # steps 1-2: every row sampled
+    used = torch.tensor([1, 2, 3, 4, 5])  # rows 6.. are unsampled from step 3 on
+    for t in range(2, 6):
+        opt.zero_grad()
+        loss_fn(table, dense, t, rows_used=used).backward()
+        opt.step()
+    deltas = torch.stack(captured)  # (steps, rows, dim)
+    unsampled = deltas[1:, 6:]
+    for k in range(1, unsampled.shape[0]):
+        torch.testing.assert_close(unsampled[k], unsampled[0], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(deltas[2, 1:6], deltas[3, 1:6]), "sampled rows do change"
+    _ = graph
+
+
+def test_unsampled_rows_keep_moving_but_plain_adamw_would_not():
+    table, dense = tiny_model(4)
+    ref_table, ref_dense = tiny_model(4)
+    identity = Smoother(ring_graph(12), beta=0.0)
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": identity}, {"params": [dense]}], lr=1e-2, weight_decay=0.0
+    )
+    ref = torch.optim.AdamW([ref_table, ref_dense], lr=1e-2, weight_decay=0.0)
+    used = torch.tensor([0, 1, 2])
+    run_steps(opt, table, dense, 1)
+    run_steps(ref, ref_table, ref_dense, 1)
+    snap, ref_snap = table.detach().clone(), ref_table.detach().clone()
+    for t in range(1, 3):
+        for o, tb, dn in [(opt, table, dense), (ref, ref_table, ref_dense)]:
+            o.zero_grad()
+            loss_fn(tb, dn, t, rows_used=used).backward()
+            o.step()
+    assert not torch.allclose(table[5:], snap[5:]), "SEvo-AdamW keeps unsampled rows evolving"
+    # torch.optim.AdamW also moves rows with zero grads through m, but the directions differ:
+    assert not torch.allclose(table[5:], ref_table[5:])
+    _ = ref_snap
+
+
+def test_padding_row_only_moves_by_weight_decay():
+    n = 12
+    graph = ring_graph(n, skip=(0,))  # row 0 = padding, no edges
+    table = torch.nn.Parameter(torch.randn(n, 4))
+    table.data[0] = 1.0
+    dense = torch.nn.Parameter(torch.randn(4, 3))
+    lr, wd = 0.05, 0.1
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": Smoother(graph)}, {"params": [dense]}],
+        lr=lr,
+        weight_decay=wd,
+    )
+    used = torch.arange(1, n)
+    for t in range(5):
+        opt.zero_grad()
+        loss_fn(table, dense, t, rows_used=used).backward()
+        assert torch.all(table.grad[0] == 0)
+        opt.step()
+        expected = (1 - lr * wd) ** (t + 1)
+        torch.testing.assert_close(table[0], torch.full((4,), expected), rtol=1e-6, atol=0)
+
+
+def test_smoothed_update_lies_in_psi_of_direction():
+    """P_after = P_before(1 − lr·wd) − lr·ψ(Δ) with the Δ the optimizer computed."""
+    graph = ring_graph(12)
+    captured = []
+    psi = Smoother(graph)
+
+    def recording(X):
+        captured.append(X.clone())
+        return psi(X)
+
+    table, dense = tiny_model(5)
+    lr, wd = 0.01, 0.1
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": recording}, {"params": [dense]}], lr=lr, weight_decay=wd
+    )
+    before = table.detach().clone()
+    run_steps(opt, table, dense, 1)
+    expected = before * (1 - lr * wd) - lr * psi(captured[0])
+    torch.testing.assert_close(table.detach(), expected)
+
+
+@pytest.mark.parametrize(("ours", "kwargs"), [(c[0], c[2]) for c in CASES])
+def test_table_growth_mid_training(ours, kwargs):
+    graph = ring_graph(10)
+    table = torch.nn.Parameter(torch.randn(10, 4))
+    dense = torch.nn.Parameter(torch.randn(4, 3))
+    psi = Smoother(graph)
+    opt = ours([{"params": [table], "smoother": psi}, {"params": [dense]}], **kwargs)
+    run_steps(opt, table, dense, 3)
+    old_rows = table.detach().clone()
+    # 4 new items arrive: the same Parameter object grows, and the graph learns about two of them.
+    table.data = torch.cat([table.data, torch.randn(4, 4)])
+    graph.add_edges([10, 11], [1, 2])
+    run_steps(opt, table, dense, 3)
+    assert table.shape == (14, 4)
+    assert torch.all(torch.isfinite(table))
+    state = opt.state[table]
+    for value in state.values():
+        assert value.shape[0] == 14
+    if "step" in state:
+        assert torch.all(state["step"][:10] == 6) and torch.all(state["step"][10:] == 3)
+    assert not torch.allclose(table[:10], old_rows)
+
+
+def test_new_rows_get_fresh_adam_state():
+    """A row born at step 4 takes the same first step as a fresh AdamW parameter would."""
+    graph = ring_graph(6, skip=())
+    table = torch.nn.Parameter(torch.zeros(6, 2))
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": Smoother(graph, beta=0.0)}], lr=0.1, weight_decay=0.0
+    )
+    for _ in range(4):
+        table.grad = torch.ones_like(table)
+        opt.step()
+    table.data = torch.cat([table.data, torch.zeros(1, 2)])
+    table.grad = torch.ones_like(table)
+    opt.step()
+    torch.testing.assert_close(table[6], torch.full((2,), -0.1))  # Adam's first step: -lr·sign(g)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda p: SEvoAdamW([p], lr=-1.0), "Invalid learning rate"),
+        (lambda p: SEvoAdamW([p], betas=(1.0, 0.9)), "Invalid beta parameter at index 0"),
+        (lambda p: SEvoAdamW([p], betas=(0.9, -0.1)), "Invalid beta parameter at index 1"),
+        (lambda p: SEvoAdamW([p], eps=-1e-8), "Invalid epsilon value"),
+        (lambda p: SEvoAdam([p], weight_decay=-0.1), "Invalid weight_decay value"),
+        (lambda p: SEvoSGD([p], momentum=-0.5), "Invalid momentum value"),
+        (lambda p: SEvoSGD([p], nesterov=True), "Nesterov momentum requires"),
+        (lambda p: SEvoAdamW([{"params": [p], "smoother": 3}]), "must be callable"),
+        (
+            lambda p: SEvoAdamW(
+                [{"params": [torch.nn.Parameter(torch.ones(3))], "smoother": lambda x: x}]
+            ),
+            "2-D tables",
+        ),
+    ],
+)
+def test_bad_arguments_raise_with_pinned_messages(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory(torch.nn.Parameter(torch.ones(3, 2)))
+
+
+def test_stacked_group_smooths_users_and_items_on_one_graph():
+    """Users stacked on items: ψ sees one (U+I, d) matrix and couples the two tables."""
+    users = torch.nn.Parameter(torch.zeros(3, 2))
+    items = torch.nn.Parameter(torch.zeros(4, 2))
+    graph = ItemGraph(7)
+    graph.add_edges([0, 1, 2], [3, 4, 5])  # user u ↔ item row 3+u
+    opt = SEvoSGD([{"params": [users, items], "smoother": Smoother(graph, beta=0.9, L=2)}], lr=1.0)
+    users.grad = torch.zeros(3, 2)
+    items.grad = torch.zeros(4, 2)
+    items.grad[0] = 1.0  # only item row 0 (node 3) has a gradient
+    opt.step()
+    assert users[0].abs().sum() > 0, "the gradient of node 3 spreads to its neighbour, user 0"
+    assert torch.all(users[1:] == 0) and torch.all(items[1:] == 0)

@@ -1,0 +1,262 @@
+"""ItemGraph against dense reference computations on small random graphs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graph_store import ItemGraph
+
+
+def dense_normalised(A: np.ndarray) -> np.ndarray:
+    d = A.sum(axis=1)
+    s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    return s[:, None] * A * s[None, :]
+
+
+def random_edges(rng: np.random.Generator, n: int, m: int):
+    src = rng.integers(0, n, m)
+    dst = rng.integers(0, n, m)
+    w = rng.uniform(0.1, 3.0, m)
+    return src, dst, w
+
+
+def dense_from_edges(n, src, dst, w):
+    A = np.zeros((n, n))
+    for i, j, x in zip(src, dst, w):
+        if i != j:
+            A[i, j] += x
+            A[j, i] += x
+    return A
+
+
+@pytest.mark.parametrize("merge_fraction", [1e-9, 0.05, 1e9])
+def test_propagate_matches_dense_reference(merge_fraction):
+    rng = np.random.default_rng(0)
+    n = 40
+    g = ItemGraph(n, merge_fraction=merge_fraction, min_merge=1 if merge_fraction < 1 else 10**9)
+    A = np.zeros((n, n))
+    for _ in range(5):  # several batches: exercises base CSR + pending buffer together
+        src, dst, w = random_edges(rng, n - 3, 30)  # the last 3 nodes stay isolated
+        g.add_edges(src, dst, w)
+        A += dense_from_edges(n, src, dst, w)
+    X = torch.from_numpy(rng.normal(size=(n, 7)).astype(np.float32))
+    expected = dense_normalised(A) @ X.numpy()
+    got = g.propagate(X)
+    assert got.dtype == torch.float32 and got.shape == X.shape
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.all(got[-3:] == 0), "isolated nodes must give zero rows (no self-loops)"
+    np.testing.assert_allclose(g.to_scipy().toarray(), A, rtol=1e-12)
+    np.testing.assert_allclose(g.degree(), A.sum(axis=1), rtol=1e-12)
+
+
+def test_self_loops_are_dropped_and_graph_grows():
+    g = ItemGraph(2)
+    g.add_edges([0, 1, 4], [0, 1, 2], [5.0, 5.0, 2.0])
+    assert g.num_nodes == 5
+    A = g.to_scipy().toarray()
+    assert np.all(np.diag(A) == 0)
+    assert A[4, 2] == A[2, 4] == 2.0
+    assert g.propagate(torch.ones(5, 1))[0, 0] == 0
+
+
+def test_decayed_graph_equals_explicitly_decayed_dense_weights():
+    rng = np.random.default_rng(1)
+    n, half_life = 25, 3600.0
+    g = ItemGraph(n, half_life=half_life)
+    src, dst, w = random_edges(rng, n, 200)
+    times = 1.7e9 + rng.uniform(0, 5 * 86400, 200)  # 5 days: weights span ~2^-120 .. 1
+    for part in np.array_split(np.arange(200), 4):
+        g.add_edges(src[part], dst[part], w[part], time=times[part])
+    t_star = times.max()
+    decayed = w * np.power(0.5, (t_star - times) / half_life)
+    A = dense_from_edges(n, src, dst, decayed)
+    np.testing.assert_allclose(g.to_scipy().toarray(), A, rtol=1e-9, atol=1e-300)
+    np.testing.assert_allclose(g.degree(), A.sum(axis=1), rtol=1e-9)
+    X = torch.from_numpy(rng.normal(size=(n, 4)).astype(np.float32))
+    np.testing.assert_allclose(
+        g.propagate(X).numpy(), dense_normalised(A) @ X.numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_half_life_halves_an_edge():
+    g = ItemGraph(3, half_life=10.0)
+    g.add_edges([0], [1], [8.0], time=100.0)
+    g.add_edges([1], [2], [1.0], time=130.0)  # three half-lives later
+    A = g.to_scipy().toarray()
+    assert A[0, 1] == pytest.approx(1.0)
+    assert A[1, 2] == pytest.approx(1.0)
+
+
+def test_no_decay_ignores_time():
+    g = ItemGraph(3)
+    g.add_edges([0], [1], [2.0], time=0.0)
+    g.add_edges([1], [2], [2.0], time=1e9)
+    assert g.to_scipy()[0, 1] == 2.0 and g.t_latest == 1e9
+
+
+def test_landmark_rebase_keeps_values_finite_over_long_horizons():
+    g = ItemGraph(4, half_life=60.0)
+    for day in range(30):  # 30 days at a 1-minute half-life: e^(λt) would overflow float64
+        g.add_edges([0, 2], [1, 3], [1.0, 1.0], time=day * 86400.0)
+    assert np.all(np.isfinite(g.raw_degree()))
+    assert g.to_scipy()[0, 1] == pytest.approx(1.0)  # only the last increment survives
+    out = g.propagate(torch.ones(4, 1))
+    assert torch.all(torch.isfinite(out))
+
+
+def test_compaction_prunes_keeps_symmetry_and_exact_degrees():
+    rng = np.random.default_rng(2)
+    n = 60
+    g = ItemGraph(n, half_life=100.0)
+    src, dst, w = random_edges(rng, n, 600)
+    g.add_edges(src, dst, w, time=rng.uniform(0, 1000, 600))
+    before = g.to_scipy().toarray()
+    X = torch.randn(n, 3)
+    stats = g.compact(min_weight=0.05, top_k=4)
+    A = g.to_scipy().toarray()
+    np.testing.assert_allclose(A, A.T)
+    np.testing.assert_allclose(g.degree(), A.sum(axis=1), rtol=1e-12)
+    assert np.all((A == 0) | (A >= 0.05))
+    assert np.all((A == 0) | np.isclose(A, before))  # kept edges keep their weight
+    for i in range(n):  # every node keeps its strongest surviving neighbour
+        row = np.where(before[i] >= 0.05, before[i], 0)
+        if row.max() > 0:
+            assert A[i, row.argmax()] > 0
+    assert stats["nnz_after"] < stats["nnz_before"]
+    np.testing.assert_allclose(
+        g.propagate(X).numpy(), dense_normalised(A) @ X.numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_snapshot_is_isolated_from_later_writes():
+    g = ItemGraph(5)
+    g.add_edges([0, 1], [1, 2])
+    snap = g.snapshot()
+    X = torch.randn(5, 2)
+    before = snap.propagate(X).clone()
+    g.add_edges([2, 3, 0], [3, 4, 4], [5.0, 1.0, 2.0])
+    g.grow(8)
+    g.compact(top_k=1)
+    assert snap.num_nodes == 5
+    assert torch.equal(snap.propagate(X), before)
+    assert g.snapshot().version > snap.version
+    snap.validate()
+    assert g.snapshot() is g.snapshot(), "snapshots are cached until the next change"
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(3)
+    g = ItemGraph(30, half_life=500.0, min_merge=50)
+    for step in range(6):
+        src, dst, w = random_edges(rng, 30, 40)
+        g.add_edges(src, dst, w, time=1000.0 + 100 * step)
+    g.add_edges([3, 4], [5, 6], [1.0, 2.0], time=1650.0)  # stays in the pending buffer
+    assert g._pending_nnz > 0, "round trip must cover pending increments"
+    path = tmp_path / "graph.npz"
+    g.save(path)
+    h = ItemGraph.load(path)
+    assert (h.num_nodes, h.half_life, h.t0, h.t_latest, h.version) == (
+        g.num_nodes,
+        g.half_life,
+        g.t0,
+        g.t_latest,
+        g.version,
+    )
+    assert (h.to_scipy(raw=True) != g.to_scipy(raw=True)).nnz == 0
+    np.testing.assert_array_equal(h.raw_degree(), g.raw_degree())
+    X = torch.randn(30, 4)
+    assert torch.equal(h.propagate(X), g.propagate(X))
+    # Both continue identically.
+    g.add_edges([1], [2], 1.0, time=2000.0)
+    h.add_edges([1], [2], 1.0, time=2000.0)
+    assert (h.to_scipy() != g.to_scipy()).nnz == 0
+    assert not list(tmp_path.glob("*.tmp")), "atomic write leaves no temp files"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"src": [0, 1], "dst": [1]}, "same length"),
+        ({"src": [-1], "dst": [1]}, "negative node id"),
+        ({"src": [0], "dst": [1], "weight": [-1.0]}, "non-negative"),
+        ({"src": [0], "dst": [1], "weight": [float("nan")]}, "NaN"),
+        ({"src": [0], "dst": [1], "time": [float("inf")]}, "time"),
+        ({"src": [0.5], "dst": [1]}, "integer"),
+        ({"src": [[0]], "dst": [[1]]}, "1-D"),
+    ],
+)
+def test_bad_arguments_raise_and_leave_graph_unchanged(kwargs, message):
+    g = ItemGraph(3, half_life=10.0)
+    g.add_edges([0], [1], time=5.0)
+    state = (g.version, g.num_nodes, g.to_scipy().toarray().copy(), g.t_latest)
+    with pytest.raises(ValueError, match=message):
+        g.add_edges(**kwargs)
+    assert state[0] == g.version and state[1] == g.num_nodes and state[3] == g.t_latest
+    np.testing.assert_array_equal(state[2], g.to_scipy().toarray())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_nodes": -1}, "num_nodes"),
+        ({"half_life": 0.0}, "half_life"),
+        ({"half_life": math.nan}, "half_life"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ItemGraph(**kwargs)
+
+
+def test_propagate_rejects_wrong_shape():
+    g = ItemGraph(4)
+    with pytest.raises(ValueError, match=r"\(4, k\)"):
+        g.propagate(torch.ones(3, 2))
+
+
+edge_batches = st.lists(
+    st.tuples(
+        st.lists(
+            st.tuples(st.integers(0, 14), st.integers(0, 14), st.floats(0.0, 10.0)),
+            min_size=0,
+            max_size=20,
+        ),
+        st.floats(0.0, 1e5),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=edge_batches,
+    half_life=st.one_of(st.none(), st.floats(1.0, 1e5)),
+    min_weight=st.floats(0.0, 1.0),
+    top_k=st.one_of(st.none(), st.integers(1, 5)),
+)
+def test_graph_invariants_hold_for_any_batches(batches, half_life, min_weight, top_k):
+    g = ItemGraph(0, half_life=half_life, min_merge=7)
+    for edges, t in batches:
+        if edges:
+            src, dst, w = map(np.array, zip(*edges))
+            g.add_edges(src.astype(np.int64), dst.astype(np.int64), w, time=t)
+        A = g.to_scipy().toarray()
+        np.testing.assert_allclose(A, A.T)  # symmetric
+        assert np.all(np.diag(A) == 0)  # no self-loops
+        assert np.all(A >= 0)
+        np.testing.assert_allclose(g.degree(), A.sum(axis=1), rtol=1e-9, atol=1e-12)  # d == A·1
+    g.compact(min_weight=min_weight, top_k=top_k)
+    A = g.to_scipy().toarray()
+    np.testing.assert_allclose(A, A.T)
+    np.testing.assert_allclose(g.degree(), A.sum(axis=1), rtol=1e-9, atol=1e-12)
+    if g.num_nodes:
+        # Spectrum of Ã within [-1, 1]: ‖Ã x‖ ≤ ‖x‖ for a random x.
+        x = torch.randn(g.num_nodes, 1, dtype=torch.float32)
+        assert g.propagate(x).norm() <= x.norm() * (1 + 1e-4)
