@@ -117,12 +117,15 @@ class GraphSnapshot:
             )
         X32 = X.detach().to(torch.float32)
         Y = X32 * self._inv_sqrt_deg  # (n, k)
-        out = torch.zeros_like(Y)
         nb = self._base.shape[0]  # the base CSR may predate the newest (still isolated) rows
-        if self._base._nnz():
-            out[:nb] = torch.sparse.mm(self._base, Y[:nb])
-            if self._base_ratio != 1.0:
-                out[:nb].mul_(self._base_ratio)
+        if self._base._nnz() and nb == self.num_nodes:
+            out = torch.sparse.mm(self._base, Y)  # the common case: no extra (n, k) buffers
+        else:
+            out = torch.zeros_like(Y)
+            if self._base._nnz():
+                out[:nb] = torch.sparse.mm(self._base, Y[:nb])
+        if self._base_ratio != 1.0:
+            out[:nb].mul_(self._base_ratio)
         if self._pending_rows.numel():
             contrib = Y.index_select(0, self._pending_cols) * self._pending_vals.unsqueeze(1)
             out.index_add_(0, self._pending_rows, contrib)
