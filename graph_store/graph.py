@@ -94,9 +94,7 @@ class GraphSnapshot:
     num_nodes: int
     _base: torch.Tensor  # (nb, nb) sparse CSR float32 = A_base / c_base, nb <= n
     _base_ratio: float  # c_base / c: rescales the base product into this snapshot's units
-    _pending_rows: torch.Tensor  # (p,) int64
-    _pending_cols: torch.Tensor  # (p,) int64
-    _pending_vals: torch.Tensor  # (p,) float32 = pending increments / c
+    _pending: torch.Tensor | None  # (n, n) sparse CSR float32 = pending increments / c
     _inv_sqrt_deg: torch.Tensor  # (n, 1) float32 = (d / c)^-1/2, 0 for isolated nodes
 
     def propagate(self, X: torch.Tensor) -> torch.Tensor:
@@ -126,9 +124,8 @@ class GraphSnapshot:
                 out[:nb] = torch.sparse.mm(self._base, Y[:nb])
         if self._base_ratio != 1.0:
             out[:nb].mul_(self._base_ratio)
-        if self._pending_rows.numel():
-            contrib = Y.index_select(0, self._pending_cols) * self._pending_vals.unsqueeze(1)
-            out.index_add_(0, self._pending_rows, contrib)
+        if self._pending is not None:
+            out.add_(torch.sparse.mm(self._pending, Y))
         out.mul_(self._inv_sqrt_deg)
         return out.squeeze(1) if squeeze else out
 
@@ -142,8 +139,8 @@ class GraphSnapshot:
         nb = self._base.shape[0]
         if self._base.shape[1] != nb or nb > n or self._inv_sqrt_deg.shape[0] != n:
             raise RuntimeError("graph snapshot shapes are inconsistent")
-        if self._pending_rows.numel() and int(self._pending_rows.max()) >= n:
-            raise RuntimeError("graph snapshot has pending increments beyond num_nodes")
+        if self._pending is not None and tuple(self._pending.shape) != (n, n):
+            raise RuntimeError("graph snapshot's pending increments do not match num_nodes")
 
 
 class ItemGraph:
@@ -418,27 +415,22 @@ class ItemGraph:
         deg = self._deg[: self._n]
         scale = _degree_scale(deg)
         if self._base_torch is None or self._base_scale / scale < 1e-20:
-            base = self._base
-            nb = base.shape[0]
             self._base_scale = scale
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                self._base_torch = torch.sparse_csr_tensor(
-                    torch.from_numpy(base.indptr.astype(np.int64)),
-                    torch.from_numpy(base.indices.astype(np.int64)),
-                    torch.from_numpy((base.data / scale).astype(np.float32)),
-                    size=(nb, nb),
-                    check_invariants=False,  # scipy produced a canonical CSR
-                )
+            self._base_torch = _torch_csr(self._base, scale)
         rows, cols, vals = self._pending_coo()
+        pending = None
+        if rows.size:
+            # Summed into a CSR once per snapshot: torch's index_add over COO entries is ~100x
+            # slower than a CSR product on CPU, and the smoother multiplies L times.
+            pending = _torch_csr(
+                sp.csr_matrix((vals, (rows, cols)), shape=(self._n, self._n)), scale
+            )
         self._snapshot = GraphSnapshot(
             version=self.version,
             num_nodes=self._n,
             _base=self._base_torch,
             _base_ratio=float(np.float32(self._base_scale / scale)),
-            _pending_rows=torch.from_numpy(rows.copy()),
-            _pending_cols=torch.from_numpy(cols.copy()),
-            _pending_vals=torch.from_numpy((vals / scale).astype(np.float32)),
+            _pending=pending,
             _inv_sqrt_deg=torch.from_numpy(
                 _inv_sqrt_degree(deg, scale).astype(np.float32)
             ).unsqueeze(1),
@@ -518,6 +510,22 @@ class ItemGraph:
         return (
             f"ItemGraph(num_nodes={self._n}, nnz≈{self._base.nnz + self._pending_nnz}, "
             f"half_life={self.half_life}, version={self.version})"
+        )
+
+
+def _torch_csr(A: sp.csr_matrix, scale: float) -> torch.Tensor:
+    """A float32 torch CSR copy of ``A / scale`` (duplicates summed, indices sorted)."""
+    A = A.tocsr()
+    A.sum_duplicates()
+    A.sort_indices()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(A.indptr.astype(np.int64)),
+            torch.from_numpy(A.indices.astype(np.int64)),
+            torch.from_numpy((A.data / scale).astype(np.float32)),
+            size=A.shape,
+            check_invariants=False,  # scipy produced a canonical CSR
         )
 
 

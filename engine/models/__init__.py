@@ -1,0 +1,79 @@
+"""Recommender backbones and a name → model registry.
+
+Every model subclasses :class:`Recommender` (``loss`` / ``user_repr`` / ``score_all`` /
+``item_output_weight`` / ``smoothing_groups`` / ``grow``) and has a frozen config dataclass whose
+defaults are the SEvo paper's settings.
+
+Example:
+    >>> model = build_model("sasrec", num_items=100, num_users=10, dropout=0.2)
+    >>> model.config.dropout, model.config.dim
+    (0.2, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from engine.models.base import Batch, Recommender
+from engine.models.bert4rec import BERT4Rec, BERT4RecConfig
+from engine.models.gru4rec import GRU4Rec, GRU4RecConfig
+from engine.models.lightgcn import LightGCN, LightGCNConfig
+from engine.models.mf import MF, MFConfig
+from engine.models.sasrec import SASRec, SASRecConfig
+
+__all__ = [
+    "MF",
+    "MODELS",
+    "BERT4Rec",
+    "BERT4RecConfig",
+    "Batch",
+    "GRU4Rec",
+    "GRU4RecConfig",
+    "LightGCN",
+    "LightGCNConfig",
+    "MFConfig",
+    "Recommender",
+    "SASRec",
+    "SASRecConfig",
+    "build_model",
+]
+
+#: name → (model class, config class)
+MODELS: dict[str, tuple[type[Recommender], type]] = {
+    "sasrec": (SASRec, SASRecConfig),
+    "gru4rec": (GRU4Rec, GRU4RecConfig),
+    "mf": (MF, MFConfig),
+    "bert4rec": (BERT4Rec, BERT4RecConfig),
+    "lightgcn": (LightGCN, LightGCNConfig),
+}
+
+
+def build_model(
+    name: str, num_items: int, num_users: int, *, seed: int = 0, **overrides: Any
+) -> Recommender:
+    """Build a model by name with its paper defaults, overriding config fields by keyword.
+
+    Args:
+        name: one of ``"sasrec"``, ``"gru4rec"``, ``"mf"``, ``"bert4rec"``, ``"lightgcn"``
+            (case-insensitive).
+        num_items: number of items (ids ``1..num_items``).
+        num_users: number of users (ids ``0..num_users-1``).
+        seed: seeds the parameter initialisation.
+        **overrides: fields of the model's config dataclass, e.g. ``dim=32``.
+
+    Raises:
+        ValueError: unknown model name (the message lists the known ones), unknown config field
+            (the message lists the valid ones), or an invalid config value.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
+    model_cls, config_cls = MODELS[key]
+    fields = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown {config_cls.__name__} field(s) {unknown}; valid: {', '.join(fields)}"
+        )
+    return model_cls(num_items, num_users, config_cls(**overrides), seed=seed)

@@ -1,0 +1,233 @@
+"""Pre-LN self-attention encoder shared by SASRec (causal) and BERT4Rec (bidirectional).
+
+Block (the ``norm_first`` path of SASRec.pytorch)::
+
+    x = x + Attn(LN(x))                          # attention-weight dropout inside Attn
+    x = x + Drop(W2 · Drop(act(W1 · LN(x))))     # point-wise feed-forward
+    out = LN_final(x), padded positions = 0      # SASRec's timeline mask
+
+**Padding never leaks into real positions.** A padded key is masked out of every query, and
+positions are counted from the right end (:func:`recency_positions`), so the output at a real
+position does not depend on how much left padding precedes the sequence.
+
+**Packed computation.** Because of that, padded positions need not be computed at all. The encoder
+works on a packed ``(M, D)`` tensor holding only the M real tokens (row-major over ``(B, T)``);
+only attention unpacks to ``(B, T, ·)``. Leading columns that are padding in every row are
+trimmed first. On Amazon Beauty (mean length 8.7 of 50) this skips ~80% of the point-wise work
+and is exact: it gives the same result as computing every position and zeroing the pads.
+
+In eval mode attention runs through ``F.scaled_dot_product_attention``; in training mode with
+attention dropout it is computed explicitly so that the dropout mask can come from a
+``torch.Generator`` (SDPA's internal dropout reads the global RNG).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.models.base import dropout
+
+__all__ = [
+    "Layout",
+    "SelfAttention",
+    "TransformerBlock",
+    "TransformerEncoder",
+    "attention_mask",
+    "recency_positions",
+]
+
+
+def recency_positions(seqs: Tensor) -> Tensor:
+    """Position ids counted from the right end: most recent item → 1, the one before → 2, ….
+
+    Padding gets 0. For a sequence padded to ``maxlen`` this is a relabelling of SASRec's
+    absolute positions (the last slot always has the same id), and unlike absolute positions it
+    does not change when extra left padding is prepended.
+
+    Args:
+        seqs: ``(B, T)`` item ids, 0 = padding.
+
+    Returns:
+        ``(B, T)`` long tensor of position ids in ``0..T``.
+    """
+    nonpad = (seqs != 0).long()  # (B, T)
+    return nonpad.flip(1).cumsum(1).flip(1) * nonpad  # (B, T)
+
+
+def attention_mask(nonpad: Tensor, causal: bool, dtype: torch.dtype | None = None) -> Tensor:
+    """Additive ``(B, 1, T, T)`` float mask: 0 where query ``t`` may attend to key ``s``, else -inf.
+
+    Keys that are padding are excluded; ``s <= t`` is required if ``causal``; the diagonal is
+    always allowed so that no row is all ``-inf``.
+
+    Args:
+        nonpad: ``(B, T)`` bool, True at real items.
+        causal: whether to forbid attending to later positions.
+        dtype: float dtype of the mask (the model's); default ``torch.get_default_dtype()``.
+    """
+    T = nonpad.shape[1]
+    allowed = nonpad[:, None, None, :]  # (B, 1, 1, T)
+    eye = torch.eye(T, dtype=torch.bool, device=nonpad.device)  # (T, T)
+    if causal:
+        tril = torch.ones(T, T, dtype=torch.bool, device=nonpad.device).tril()  # (T, T)
+        allowed = allowed & tril
+    allowed = allowed | eye  # (B, 1, T, T)
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=nonpad.device)
+    return bias.masked_fill_(~allowed, float("-inf"))  # (B, 1, T, T)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the M real tokens of a ``(B, T)`` batch sit, and the attention mask over them.
+
+    Attributes:
+        seqs: ``(B, T')`` the batch with all-padding leading columns trimmed (``T' <= T``).
+        width: the original ``T``.
+        index: ``(M,)`` flat indices of the real tokens in ``(B * T')``, row-major.
+        bias: ``(B, 1, T', T')`` additive attention mask (see :func:`attention_mask`).
+    """
+
+    seqs: Tensor
+    width: int
+    index: Tensor
+    bias: Tensor
+
+    @classmethod
+    def from_seqs(cls, seqs: Tensor, causal: bool, dtype: torch.dtype | None = None) -> Layout:
+        """Layout of a left-padded ``(B, T)`` batch; ``dtype`` is the attention mask's."""
+        T = seqs.shape[1]
+        nonpad = seqs != 0  # (B, T)
+        used = nonpad.any(0)  # (T,)
+        first = int(used.to(torch.int8).argmax()) if bool(used.any()) else T - 1
+        trimmed = seqs[:, first:]  # (B, T')
+        nonpad = nonpad[:, first:]  # (B, T')
+        index = nonpad.reshape(-1).nonzero().squeeze(1)  # (M,)
+        return cls(trimmed, T, index, attention_mask(nonpad, causal, dtype))
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(B, T', F)`` → ``(M, F)``: the rows of real tokens."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)  # (M, F)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """``(M, F)`` → ``(B, T', F)`` with zeros at padded positions."""
+        B, T = self.seqs.shape
+        full = x.new_zeros(B * T, x.shape[-1])  # (B*T', F); in-place copy avoids a clone
+        return full.index_copy_(0, self.index, x).view(B, T, -1)  # (B, T', F)
+
+    def unpack_full(self, x: Tensor) -> Tensor:
+        """``(M, F)`` → ``(B, T, F)`` at the original width (trimmed columns restored as 0)."""
+        out = self.unpack(x)  # (B, T', F)
+        return F.pad(out, (0, 0, self.width - out.shape[1], 0))  # (B, T, F)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention on packed tokens (separate Q, K, V projections).
+
+    Q, K and V are projected on the packed tokens and unpacked one by one: unpacking a fused QKV
+    output would make its backward concatenate three ``(B, T, D)`` gradients.
+    """
+
+    def __init__(self, dim: int, num_heads: int, attn_dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.attn_dropout = attn_dropout
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, layout: Layout, generator: torch.Generator | None) -> Tensor:
+        """Packed ``x (M, D)`` → packed ``(M, D)``."""
+        D = x.shape[-1]
+        H = self.num_heads
+        B, T = layout.seqs.shape
+
+        def heads(y: Tensor) -> Tensor:
+            return layout.unpack(y).view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))  # each (B, H, T, Dh)
+        if self.training and self.attn_dropout > 0:
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // H)) + layout.bias
+            weights = dropout(scores.softmax(-1), self.attn_dropout, True, generator)  # (B,H,T,T)
+            out = weights @ v  # (B, H, T, Dh)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias)  # (B, H, T, Dh)
+        out = layout.pack(out.transpose(1, 2).reshape(B, T, D))  # (M, D)
+        return self.out(out)  # (M, D)
+
+
+class TransformerBlock(nn.Module):
+    """One pre-LN block: attention and point-wise feed-forward, each with a residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout_p: float,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+        self.dropout_p = dropout_p
+        self.activation = activation
+        self.attn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.attn = SelfAttention(dim, num_heads, dropout_p)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.ffn_in = nn.Linear(dim, ffn_dim)
+        self.ffn_out = nn.Linear(ffn_dim, dim)
+
+    def forward(self, x: Tensor, layout: Layout, generator: torch.Generator | None) -> Tensor:
+        """Packed ``x (M, D)`` → packed ``(M, D)``."""
+        x = x + self.attn(self.attn_norm(x), layout, generator)  # (M, D)
+        h = self.ffn_in(self.ffn_norm(x))  # (M, F)
+        h = F.relu(h) if self.activation == "relu" else F.gelu(h)
+        h = dropout(h, self.dropout_p, self.training, generator)
+        h = dropout(self.ffn_out(h), self.dropout_p, self.training, generator)  # (M, D)
+        return x + h  # (M, D)
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`TransformerBlock` followed by a final LayerNorm, on packed tokens."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_blocks: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout_p: float,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, num_heads, ffn_dim, dropout_p, activation)
+            for _ in range(num_blocks)
+        )
+        self.last_norm = nn.LayerNorm(dim, eps=1e-8)
+
+    def forward(self, x: Tensor, layout: Layout, generator: torch.Generator | None) -> Tensor:
+        """Packed embeddings ``(M, D)`` → packed hidden states ``(M, D)``."""
+        for block in self.blocks:
+            x = block(x, layout, generator)  # (M, D)
+        return self.last_norm(x)  # (M, D)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Xavier-normal Linear weights, zero biases, unit LayerNorms (SASRec.pytorch's scheme)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight, generator=generator)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)

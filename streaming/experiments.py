@@ -1,0 +1,251 @@
+"""Offline experiment grids: run (model × optimizer × graph × seed), resume, compare, tabulate.
+
+Each run writes ``<out>/runs/<name>.json`` when it finishes and ``<name>.partial.json`` after
+every validation, so a long benchmark can be stopped and restarted: finished runs with the same
+configuration are loaded instead of re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.data import core_filter, load_dataset, split_leave_one_out
+from engine.metrics import paired_test
+from engine.train import OfflineConfig, train_offline
+from graph_store import atomic_write_bytes
+
+__all__ = ["compare_runs", "load_split", "markdown_table", "run_grid"]
+
+log = logging.getLogger(__name__)
+
+METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+
+def load_split(data: str, *, core: int = 5, max_users: int | None = None):
+    """Load a dataset by name or path, k-core filter it and split it leave-one-out."""
+    inter = core_filter(load_dataset(data), k=core)
+    split = split_leave_one_out(inter)
+    if max_users is not None and max_users < split.num_users:
+        split = _first_users(split, max_users)
+    return inter.name or str(data), split
+
+
+def _first_users(split, max_users: int):
+    """A smaller split with the first ``max_users`` users (for quick runs and tests)."""
+    from engine.data import SequenceSplit
+
+    end = int(split.train_offsets[max_users])
+    return SequenceSplit(
+        train_items=split.train_items[:end],
+        train_offsets=split.train_offsets[: max_users + 1],
+        valid_items=split.valid_items[:max_users],
+        test_items=split.test_items[:max_users],
+        num_users=max_users,
+        num_items=split.num_items,
+        item_categories=split.item_categories,
+    )
+
+
+def run_name(dataset: str, config: OfflineConfig) -> str:
+    graph = config.graph if config.uses_sevo else "none"
+    return f"{dataset}_{config.model}_{config.optimizer}_{graph}_seed{config.seed}"
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=1) + "\n").encode())
+
+
+def run_grid(
+    data: str,
+    configs: Iterable[OfflineConfig],
+    out_dir: Path,
+    *,
+    core: int = 5,
+    max_users: int | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every config on ``data`` (loaded once); return the results JSON of each run."""
+    dataset, split = load_split(data, core=core, max_users=max_users)
+    runs_dir = Path(out_dir) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for config in configs:
+        name = run_name(dataset, config)
+        final = runs_dir / f"{name}.json"
+        if resume and final.exists():
+            previous = json.loads(final.read_text())
+            if previous.get("config") == json.loads(json.dumps(asdict(config))):
+                log.info("%s: already done, loaded %s", name, final)
+                results.append(previous)
+                continue
+            log.info("%s: configuration changed, running again", name)
+        partial_path = runs_dir / f"{name}.partial.json"
+        curve: list[dict[str, float]] = []
+
+        def save_partial(point, curve=curve, partial_path=partial_path, config=config):
+            curve.append(point)
+            _write_json(partial_path, {"config": asdict(config), "curve": curve})
+
+        log.info("%s: training (%d epochs)", name, config.epochs)
+        result = train_offline(
+            split, config, dataset=dataset, progress=progress, on_eval=save_partial
+        ).to_json()
+        _write_json(final, result)
+        partial_path.unlink(missing_ok=True)
+        log.info(
+            "%s: test NDCG@10 %.4f HR@10 %.4f (best epoch %d, %.1f s/epoch)",
+            name,
+            result["test"]["NDCG@10"],
+            result["test"]["HR@10"],
+            result["best_epoch"],
+            result["mean_epoch_seconds"],
+        )
+        results.append(result)
+    return results
+
+
+def grid_configs(
+    base: OfflineConfig,
+    *,
+    models: Sequence[str],
+    optimizers: Sequence[str],
+    graphs: Sequence[str],
+    seeds: Sequence[int],
+) -> list[OfflineConfig]:
+    """The cross product, seed-major so that a stopped grid has complete seeds first."""
+    configs = []
+    for seed in seeds:
+        for model in models:
+            for optimizer in optimizers:
+                for graph in graphs if optimizer == "sevo-adamw" else graphs[:1]:
+                    configs.append(
+                        replace(base, model=model, optimizer=optimizer, graph=graph, seed=seed)
+                    )
+    return configs
+
+
+def _group_key(result: dict[str, Any]) -> tuple[str, str, str]:
+    cfg = result["config"]
+    graph = cfg["graph"] if cfg["optimizer"] == "sevo-adamw" else "-"
+    return cfg["model"], cfg["optimizer"], graph
+
+
+def compare_runs(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std per (model, optimizer, graph) and SEvo-vs-AdamW paired tests per model.
+
+    Two paired tests are reported: over seeds (per-seed test NDCG@10, matched by seed) and over
+    users (each user's test NDCG@10 averaged over the seeds both arms share).
+    """
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(_group_key(r), []).append(r)
+    rows = []
+    for (model, optimizer, graph), runs in sorted(groups.items()):
+        row: dict[str, Any] = {
+            "model": model,
+            "optimizer": optimizer,
+            "graph": graph,
+            "seeds": sorted(r["config"]["seed"] for r in runs),
+            "mean_epoch_seconds": float(np.mean([r["mean_epoch_seconds"] for r in runs])),
+            "best_epochs": [r["best_epoch"] for r in runs],
+        }
+        for m in METRICS:
+            values = np.array([r["test"][m] for r in runs])
+            row[m] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        rows.append(row)
+    comparisons = []
+    for (model, optimizer, graph), sevo_runs in sorted(groups.items()):
+        base_runs = groups.get((model, "adamw", "-"))
+        if optimizer != "sevo-adamw" or not base_runs:
+            continue
+        by_seed_base = {r["config"]["seed"]: r for r in base_runs}
+        shared = sorted(s for s in (r["config"]["seed"] for r in sevo_runs) if s in by_seed_base)
+        by_seed_sevo = {r["config"]["seed"]: r for r in sevo_runs}
+        if not shared:
+            continue
+        a = np.array([by_seed_sevo[s]["test"]["NDCG@10"] for s in shared])
+        b = np.array([by_seed_base[s]["test"]["NDCG@10"] for s in shared])
+        users_a = np.mean([by_seed_sevo[s]["test_user_ndcg10"] for s in shared], axis=0)
+        users_b = np.mean([by_seed_base[s]["test_user_ndcg10"] for s in shared], axis=0)
+        seeds_test = paired_test(a, b)
+        users_test = paired_test(users_a, users_b)
+        time_a = np.mean([by_seed_sevo[s]["mean_epoch_seconds"] for s in shared])
+        time_b = np.mean([by_seed_base[s]["mean_epoch_seconds"] for s in shared])
+        comparisons.append(
+            {
+                "model": model,
+                "graph": graph,
+                "seeds": shared,
+                "ndcg10_sevo": float(a.mean()),
+                "ndcg10_adamw": float(b.mean()),
+                "relative_gain": float(a.mean() / b.mean() - 1) if b.mean() > 0 else float("nan"),
+                "p_seeds_ttest": seeds_test.get("t_pvalue"),
+                "p_users_ttest": users_test.get("t_pvalue"),
+                "p_users_wilcoxon": users_test.get("wilcoxon_pvalue"),
+                "epoch_time_ratio": float(time_a / time_b) if time_b > 0 else float("nan"),
+            }
+        )
+    return {"rows": rows, "comparisons": comparisons}
+
+
+def markdown_table(
+    summary: dict[str, Any], paper: dict[str, dict[str, float]] | None = None
+) -> str:
+    """Markdown: one row per (model, optimizer, graph) with mean ± std, then the comparisons."""
+    lines = [
+        "| model | optimizer | graph | seeds | " + " | ".join(METRICS) + " | s/epoch |",
+        "|---|---|---|---|" + "---|" * len(METRICS) + "---|",
+    ]
+    for row in summary["rows"]:
+        cells = [f"{row[m]:.4f} ± {row[m + '_std']:.4f}" for m in METRICS]
+        lines.append(
+            f"| {row['model']} | {row['optimizer']} | {row['graph']} | {len(row['seeds'])} | "
+            + " | ".join(cells)
+            + f" | {row['mean_epoch_seconds']:.1f} |"
+        )
+        key = f"{row['model']}/{row['optimizer']}"
+        if paper and key in paper and row["graph"] in ("-", "interactions"):
+            ref = paper[key]
+            lines.append(
+                f"| {row['model']} (paper) | {row['optimizer']} | | 5 | "
+                + " | ".join(f"{ref[m]:.4f}" for m in METRICS)
+                + " | |"
+            )
+    if summary["comparisons"]:
+        lines += [
+            "",
+            "| model | graph | NDCG@10 SEvo | NDCG@10 AdamW | gain | p (seeds, t) | "
+            "p (users, t) | p (users, Wilcoxon) | epoch time ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in summary["comparisons"]:
+            lines.append(
+                f"| {c['model']} | {c['graph']} | {c['ndcg10_sevo']:.4f} | {c['ndcg10_adamw']:.4f} "
+                f"| {100 * c['relative_gain']:+.1f}% | {_p(c['p_seeds_ttest'])} | "
+                f"{_p(c['p_users_ttest'])} | {_p(c['p_users_wilcoxon'])} | "
+                f"{c['epoch_time_ratio']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _p(value: float | None) -> str:
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{value:.2g}"
+
+
+def write_summary(out_dir: Path, results: Sequence[dict[str, Any]], paper=None) -> dict[str, Any]:
+    """Write ``summary.json`` and ``summary.md`` next to the runs; return the summary."""
+    summary = compare_runs(results)
+    _write_json(Path(out_dir) / "summary.json", summary)
+    atomic_write_bytes(Path(out_dir) / "summary.md", markdown_table(summary, paper).encode())
+    return summary
