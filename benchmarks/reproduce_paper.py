@@ -1,0 +1,130 @@
+"""Reproduce the SEvo paper's offline comparison (AdamW vs SEvo-AdamW), resumably.
+
+Runs a grid of (model × optimizer × graph × seed) with the paper's settings on a dataset, several
+runs in parallel (one torch thread each: small recommendation models scale better across
+processes than across threads on a few cores), and writes into ``--out``:
+
+* ``runs/<name>.json`` per finished run (``.partial.json`` with the learning curve while running);
+* ``summary.json`` / ``summary.md``: mean ± std over seeds next to the paper's numbers, the
+  relative gain, paired tests (over seeds and over users) and the epoch-time ratio;
+* ``curves.png``: validation NDCG@10 per epoch for every run (needs matplotlib).
+
+Stopping and restarting continues where it stopped (finished runs are loaded).
+
+Usage::
+
+    python benchmarks/reproduce_paper.py --data beauty --models sasrec --seeds 0 1 2 \\
+        --epochs 200 --jobs 2 --out benchmarks/results/beauty-sasrec
+    python benchmarks/reproduce_paper.py --quick   # ML-100K, 2 epochs: checks the plumbing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.train import OfflineConfig  # noqa: E402
+from streaming.cli import PAPER_BEAUTY  # noqa: E402
+from streaming.experiments import grid_configs, markdown_table, run_grid, write_summary  # noqa: E402
+
+log = logging.getLogger("reproduce")
+
+
+def _worker(data: str, config: OfflineConfig, out: str, core: int, max_users: int | None) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    (result,) = run_grid(data, [config], Path(out), core=core, max_users=max_users, progress=False)
+    return result
+
+
+def plot_curves(out: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib not installed: skipping curves.png")
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for path in sorted((out / "runs").glob("*.json")):
+        run = json.loads(path.read_text())
+        curve = run.get("curve", [])
+        if not curve:
+            continue
+        cfg = run["config"]
+        style = "-" if cfg["optimizer"] == "sevo-adamw" else "--"
+        label = path.name.replace(".partial.json", " (running)").replace(".json", "")
+        ax.plot(
+            [p["epoch"] for p in curve], [p["valid_NDCG@10"] for p in curve], style, label=label
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    target = out / "curves.png"
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="ML-100K slice, 2 epochs, 1 seed: checks the plumbing in seconds",
+    )
+    parser.add_argument("--data", default="beauty")
+    parser.add_argument("--models", nargs="+", default=["sasrec"])
+    parser.add_argument("--optimizers", nargs="+", default=["adamw", "sevo-adamw"])
+    parser.add_argument("--graphs", nargs="+", default=["interactions"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--max-users", type=int, default=None)
+    parser.add_argument("--core", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.quick:
+        args.data, args.epochs, args.eval_every, args.seeds = "ml-100k", 2, 1, [0]
+        args.max_users = args.max_users or 200
+    out = args.out or ROOT / "benchmarks" / "results" / f"{args.data}-{'-'.join(args.models)}"
+    base = OfflineConfig(epochs=args.epochs, eval_every=args.eval_every)
+    configs = grid_configs(
+        base, models=args.models, optimizers=args.optimizers, graphs=args.graphs, seeds=args.seeds
+    )
+    configs = [replace(c) for c in configs]
+    results = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [
+            pool.submit(_worker, args.data, c, str(out), args.core, args.max_users) for c in configs
+        ]
+        for future in as_completed(futures):
+            results.append(future.result())
+            plot_curves(out)
+            paper = PAPER_BEAUTY if args.data == "beauty" else None
+            write_summary(out, results, paper)  # partial summary after every finished run
+    paper = PAPER_BEAUTY if args.data == "beauty" else None
+    summary = write_summary(out, results, paper)
+    print(markdown_table(summary, paper), end="")
+    png = plot_curves(out)
+    print(f"wrote {out / 'summary.md'}" + (f" and {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
