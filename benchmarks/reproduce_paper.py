@@ -25,7 +25,6 @@ import json
 import logging
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +37,22 @@ from streaming.experiments import grid_configs, markdown_table, run_grid, write_
 log = logging.getLogger("reproduce")
 
 
-def _worker(data: str, config: OfflineConfig, out: str, core: int, max_users: int | None) -> dict:
+def _worker(
+    data: str, config: OfflineConfig, out: str, core: int, max_users: int | None, save: bool
+) -> dict:
     import torch
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    (result,) = run_grid(data, [config], Path(out), core=core, max_users=max_users, progress=False)
+    (result,) = run_grid(
+        data,
+        [config],
+        Path(out),
+        core=core,
+        max_users=max_users,
+        progress=False,
+        save_embeddings=save,
+    )
     return result
 
 
@@ -97,21 +106,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-users", type=int, default=None)
     parser.add_argument("--core", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--save-embeddings", action="store_true", help="keep each run's item matrix (.items.npy)"
+    )
+    parser.add_argument(
+        "--max-category-size", type=int, default=500, help="see `sevo offline --help`"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
         args.data, args.epochs, args.eval_every, args.seeds = "ml-100k", 2, 1, [0]
         args.max_users = args.max_users or 200
     out = args.out or ROOT / "benchmarks" / "results" / f"{args.data}-{'-'.join(args.models)}"
-    base = OfflineConfig(epochs=args.epochs, eval_every=args.eval_every)
+    base = OfflineConfig(
+        epochs=args.epochs,
+        eval_every=args.eval_every,
+        max_category_size=args.max_category_size or None,
+    )
     configs = grid_configs(
         base, models=args.models, optimizers=args.optimizers, graphs=args.graphs, seeds=args.seeds
     )
-    configs = [replace(c) for c in configs]
     results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
-            pool.submit(_worker, args.data, c, str(out), args.core, args.max_users) for c in configs
+            pool.submit(
+                _worker, args.data, c, str(out), args.core, args.max_users, args.save_embeddings
+            )
+            for c in configs
         ]
         for future in as_completed(futures):
             results.append(future.result())

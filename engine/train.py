@@ -69,8 +69,8 @@ class OfflineConfig:
     sevo_beta: float = 0.99
     sevo_steps: int = 3
     hops: int = 1
-    category_weight: float = 1.0
-    max_category_size: int | None = None
+    category_weight: float | None = None
+    max_category_size: int | None = 500
     eval_every: int = 5
     eval_batch_size: int = 1024
     patience: int | None = None
@@ -138,7 +138,11 @@ def build_item_graph(split: SequenceSplit, config: OfflineConfig) -> ItemGraph:
     """The item–item graph of ``config.graph`` over *training* items (rows 0..num_items).
 
     Row 0 (padding) has no edges. ``"both"`` adds the category graph with weight
-    ``config.category_weight`` to the interaction graph (a weighted sum of raw adjacencies).
+    ``config.category_weight`` to the interaction graph (a weighted sum of raw adjacencies);
+    ``None`` balances the two so that each contributes the same total weight (a category graph
+    has far more edges than an interaction graph and would otherwise drown it). Categories with
+    more than ``config.max_category_size`` items are skipped: a category holding a third of the
+    catalogue links everything to everything and costs size² edges.
     """
     n = split.num_items + 1
     parts = []
@@ -150,7 +154,11 @@ def build_item_graph(split: SequenceSplit, config: OfflineConfig) -> ItemGraph:
         if split.item_categories is None:
             raise ValueError("this dataset has no item categories; use --graph interactions")
         cats = category_edges(split.item_categories, n, max_category_size=config.max_category_size)
-        parts.append((config.category_weight, cats))
+        weight = config.category_weight
+        if weight is None:
+            total_cats = float(cats[2].sum())
+            weight = float(parts[0][1][2].sum()) / total_cats if parts and total_cats else 1.0
+        parts.append((weight, cats))
     src, dst, w = parts[0][1] if len(parts) == 1 else combine_edges(*parts)
     graph = ItemGraph(n)
     graph.add_edges(src, dst, w)

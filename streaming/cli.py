@@ -175,7 +175,7 @@ def _cmd_offline(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         patience=args.patience,
         category_weight=args.category_weight,
-        max_category_size=args.max_category_size,
+        max_category_size=args.max_category_size or None,
     )
     configs = grid_configs(
         base, models=args.model, optimizers=args.optimizer, graphs=args.graph, seeds=args.seeds
@@ -239,14 +239,15 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--category-weight",
         type=float,
-        default=1.0,
-        help="weight of the category graph in --graph both",
+        default=None,
+        help="weight of the category graph in --graph both "
+        "(default: balance the total weights of the two graphs)",
     )
     p.add_argument(
         "--max-category-size",
         type=int,
-        default=None,
-        help="ignore categories with more items than this",
+        default=500,
+        help="ignore categories with more items than this (0 keeps all)",
     )
     p.add_argument("--core", type=int, default=5, help="k-core filter (0 disables)")
     p.add_argument("--max-users", type=int, default=None, help="use only the first N users")

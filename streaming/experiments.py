@@ -7,6 +7,7 @@ configuration are loaded instead of re-run.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -71,8 +72,13 @@ def run_grid(
     max_users: int | None = None,
     progress: bool = True,
     resume: bool = True,
+    save_embeddings: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every config on ``data`` (loaded once); return the results JSON of each run."""
+    """Run every config on ``data`` (loaded once); return the results JSON of each run.
+
+    With ``save_embeddings`` the best model's item output matrix is also written as
+    ``runs/<name>.items.npy`` (float32, row i = item i, row 0 = padding).
+    """
     dataset, split = load_split(data, core=core, max_users=max_users)
     runs_dir = Path(out_dir) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -95,9 +101,19 @@ def run_grid(
             _write_json(partial_path, {"config": asdict(config), "curve": curve})
 
         log.info("%s: training (%d epochs)", name, config.epochs)
-        result = train_offline(
-            split, config, dataset=dataset, progress=progress, on_eval=save_partial
-        ).to_json()
+        run = train_offline(
+            split,
+            config,
+            dataset=dataset,
+            progress=progress,
+            on_eval=save_partial,
+            keep_model=save_embeddings,
+        )
+        if save_embeddings and run.model is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, run.model.item_output_weight().detach().float().numpy())
+            atomic_write_bytes(runs_dir / f"{name}.items.npy", buffer.getvalue())
+        result = run.to_json()
         _write_json(final, result)
         partial_path.unlink(missing_ok=True)
         log.info(
