@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.adam import adam as _torch_adam
 
 __all__ = ["SEvoAdam", "SEvoAdamW", "SEvoSGD", "sevo_adam", "sevo_sgd"]
 
@@ -127,21 +128,61 @@ class _SmoothedOptimizer(Optimizer):
         for group, smoother in zip(self.param_groups, smoothers):
             group["smoother"] = smoother
 
-    def _row_state(self, p: Tensor) -> dict[str, Tensor]:
+    def _row_state(self, p: Tensor, per_row: bool) -> dict[str, Tensor]:
         """Lazily create / grow the state of ``p``.
 
-        ``step`` is counted per leading-dimension row (shape (N, 1, ...)), so rows added when a
-        table grows start at step 0 with zero moments, exactly like a brand-new parameter.
+        For smoothed tables (``per_row``) ``step`` is counted per leading-dimension row (shape
+        (N, 1, ...)), so rows added when a table grows start at step 0 with zero moments, exactly
+        like a brand-new parameter. Plain params keep torch's scalar step (so torch's own kernels
+        run them); if one grows, its new rows get zero moments and share the step count.
         """
         state = self.state[p]
         if not state:
-            step_shape = (p.shape[0], *([1] * (p.dim() - 1))) if p.dim() else ()
+            step_shape = (p.shape[0], *([1] * (p.dim() - 1))) if per_row and p.dim() else ()
             state["step"] = torch.zeros(step_shape, dtype=torch.float32, device=p.device)
             self._init_buffers(p, state)
-        elif p.dim() and p.shape[0] != state["step"].shape[0]:
+        elif p.dim():
             for key, value in state.items():
-                state[key] = _grow_rows(value, p.shape[0])
+                if value.dim() and value.shape[0] != p.shape[0]:
+                    state[key] = _grow_rows(value, p.shape[0])
         return state
+
+    def _adam_family_step(self, decoupled: bool, smoothed_fn) -> None:
+        """One step of every group: ``smoothed_fn`` for smoothed groups, torch's Adam otherwise."""
+        for group in self.param_groups:
+            params, grads = _grads_for(group)
+            if not params:
+                continue
+            smoothed = group["smoother"] is not None
+            states = [self._row_state(p, per_row=smoothed) for p in params]
+            beta1, beta2 = group["betas"]
+            buffers = (
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+            )
+            steps = [s["step"] for s in states]
+            hyper = {
+                "lr": group["lr"],
+                "beta1": beta1,
+                "beta2": beta2,
+                "eps": group["eps"],
+                "weight_decay": group["weight_decay"],
+            }
+            if smoothed:
+                smoothed_fn(params, grads, *buffers, steps, smoother=group["smoother"], **hyper)
+            else:
+                # Plain groups run torch's own (Adam/AdamW) kernels: same numbers, same speed.
+                _torch_adam(
+                    params,
+                    grads,
+                    *buffers,
+                    [],
+                    steps,
+                    amsgrad=False,
+                    maximize=False,
+                    decoupled_weight_decay=decoupled,
+                    **hyper,
+                )
 
     def _init_buffers(self, p: Tensor, state: dict[str, Tensor]) -> None:
         raise NotImplementedError
@@ -254,23 +295,7 @@ class SEvoAdamW(_SmoothedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads = _grads_for(group)
-            states = [self._row_state(p) for p in params]
-            beta1, beta2 = group["betas"]
-            sevo_adamw(
-                params,
-                grads,
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states],
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                smoother=group["smoother"],
-            )
+        self._adam_family_step(decoupled=True, smoothed_fn=sevo_adamw)
         return loss
 
 
@@ -332,23 +357,7 @@ class SEvoAdam(_SmoothedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads = _grads_for(group)
-            states = [self._row_state(p) for p in params]
-            beta1, beta2 = group["betas"]
-            sevo_adam(
-                params,
-                grads,
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states],
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                smoother=group["smoother"],
-            )
+        self._adam_family_step(decoupled=False, smoothed_fn=sevo_adam)
         return loss
 
 
