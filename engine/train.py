@@ -41,7 +41,9 @@ __all__ = [
     "build_item_graph",
     "build_optimizer",
     "evaluate",
+    "train_epoch",
     "train_offline",
+    "trainable_users",
 ]
 
 log = logging.getLogger(__name__)
@@ -246,6 +248,34 @@ def _ndcg10(ranks: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- training
+def trainable_users(split: SequenceSplit) -> np.ndarray:
+    """Users with at least two training items (an input and a target)."""
+    return np.flatnonzero(np.diff(split.train_offsets) >= 2)
+
+
+def train_epoch(
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    split: SequenceSplit,
+    order: np.ndarray,
+    config: OfflineConfig,
+    generator: torch.Generator,
+) -> float:
+    """One pass over ``order`` (user indices) in batches; returns the mean training loss."""
+    model.train()
+    total_loss = 0.0
+    for lo in range(0, order.size, config.batch_size):
+        users = order[lo : lo + config.batch_size]
+        seqs = split.padded_sequences(users, config.maxlen + 1, "train")  # (B, T+1)
+        batch = {"users": torch.from_numpy(users), "seqs": torch.from_numpy(seqs)}
+        loss = model.loss(batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * users.size
+    return total_loss / max(order.size, 1)
+
+
 def train_offline(
     split: SequenceSplit,
     config: OfflineConfig,
@@ -284,8 +314,7 @@ def train_offline(
     bipartite = build_bipartite_graph(split) if needs_bipartite else None
     optimizer = build_optimizer(model, config, item_graph, bipartite)
 
-    lengths = np.diff(split.train_offsets)
-    trainable = np.flatnonzero(lengths >= 2)  # a user needs an input and a target
+    trainable = trainable_users(split)
     if trainable.size == 0:
         raise ValueError("no user has two or more training interactions")
     best_score, best_epoch, best_state, bad_evals = -1.0, 0, None, 0
@@ -298,21 +327,11 @@ def train_offline(
         leave=False,
     )
     for epoch in bar:
-        model.train()
         start = time.perf_counter()
-        order = rng.permutation(trainable)
-        total_loss = 0.0
-        for lo in range(0, order.size, config.batch_size):
-            users = order[lo : lo + config.batch_size]
-            seqs = split.padded_sequences(users, config.maxlen + 1, "train")
-            batch = {"users": torch.from_numpy(users), "seqs": torch.from_numpy(seqs)}
-            loss = model.loss(batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * users.size
+        mean_loss = train_epoch(
+            model, optimizer, split, rng.permutation(trainable), config, generator
+        )
         epoch_seconds.append(time.perf_counter() - start)
-        mean_loss = total_loss / order.size
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {mean_loss})")
         if epoch % config.eval_every == 0 or epoch == config.epochs:

