@@ -3,9 +3,10 @@
 Reads the item matrices (``runs/*.items.npy``, written by ``reproduce_paper.py
 --save-embeddings``) of an AdamW run and a SEvo run, and the dataset's item categories, then:
 
-* **cohesion**: the mean cosine similarity of item pairs that share a category ("within") against
-  the mean over all item pairs ("overall"); computed exactly and vectorised: for a category c with
-  member sum s_c of unit vectors, the sum over its ordered pairs is ‖s_c‖² − n_c;
+* **cohesion**: the mean cosine similarity (of centred embeddings) of item pairs that share a
+  category ("within") against the mean over all item pairs ("overall"); computed exactly and
+  vectorised: for a category c with member sum s_c of unit vectors, the sum over its ordered
+  pairs is ‖s_c‖² − n_c;
 * ``embeddings.png``: a 2-D t-SNE (PCA if scikit-learn is missing) of the items, coloured by their
   main category (the 8 most frequent categories; items in none of them are grey), AdamW | SEvo.
 
@@ -30,9 +31,15 @@ from streaming.experiments import load_split  # noqa: E402
 
 
 def cohesion(E: np.ndarray, categories: list[np.ndarray]) -> dict[str, float]:
-    """Mean cosine within categories (pair-weighted) vs over all pairs; rows 1.. are items."""
+    """Mean cosine within categories (pair-weighted) vs over all pairs; rows 1.. are items.
+
+    Cosines are taken between centred embeddings.
+    """
     items = np.arange(1, E.shape[0])
-    unit = E[items] / np.maximum(np.linalg.norm(E[items], axis=1, keepdims=True), 1e-12)
+    # Centre first: every item shares a common direction (popularity), which would otherwise
+    # dominate all cosines and hide the category structure.
+    centred = E[items] - E[items].mean(axis=0)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
     n = unit.shape[0]
     total = unit.sum(axis=0)
     overall = (total @ total - n) / (n * (n - 1))

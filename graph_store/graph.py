@@ -468,6 +468,11 @@ class ItemGraph:
             "pending_cols": cols,
             "pending_vals": vals,
             "degree": self._deg[: self._n].copy(),
+            # The float32 copy of the base is A/c for the c chosen when it was built; keeping c
+            # lets a restored graph round exactly like the original (bit-exact continuation).
+            "base_scale": np.array(
+                [self._base_scale if self._base_torch is not None else np.nan], dtype=np.float64
+            ),
         }
 
     @classmethod
@@ -492,6 +497,10 @@ class ItemGraph:
         g.t0 = None if np.isnan(meta[3]) else float(meta[3])
         g.t_latest = None if np.isnan(meta[4]) else float(meta[4])
         g.version = int(meta[5])
+        base_scale = float(np.asarray(arrays.get("base_scale", [np.nan]))[0])
+        if not np.isnan(base_scale):
+            g._base_scale = base_scale
+            g._base_torch = _torch_csr(g._base, base_scale)
         return g
 
     def save(self, path: str | os.PathLike) -> None:

@@ -258,11 +258,217 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_offline)
 
 
+# ---------------------------------------------------------------------- sevo replay / inspect
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.online import OnlineConfig, OnlineTrainer
+    from streaming.checkpoint import CheckpointStore
+    from streaming.events import JsonlDeadLetterSink
+    from streaming.replay import LogSource, run_replay
+
+    torch.set_num_threads(args.threads)
+    config = OnlineConfig(
+        model=args.model,
+        optimizer=args.optimizer,
+        maxlen=args.maxlen,
+        hops=args.hops,
+        half_life=args.half_life,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        sevo_beta=args.beta,
+        sevo_steps=args.L,
+        steps_per_batch=args.steps_per_batch,
+        new_item_policy=args.new_item_policy,
+        young_item_events=args.young_item_events,
+        seed=args.seed,
+        model_overrides={"dim": args.dim} if args.dim else {},
+    )
+    source = LogSource(
+        args.source, batch_size=args.batch_size, rate=args.rate, limit=args.max_events
+    )
+    store = CheckpointStore(args.checkpoint_dir, keep=args.keep) if args.checkpoint_dir else None
+    sink = JsonlDeadLetterSink(args.dead_letters) if args.dead_letters else None
+    try:
+        summary = run_replay(
+            source,
+            OnlineTrainer(config),
+            checkpoint_store=store,
+            checkpoint_every=args.checkpoint_every,
+            prequential=args.prequential,
+            dead_letters=sink,
+            progress=not args.no_progress,
+            window=args.window,
+        )
+    finally:
+        if sink is not None:
+            sink.close()
+    summary["config"] = config.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(_replay_report(summary), end="")
+    return 0
+
+
+def _replay_report(summary: dict) -> str:
+    sec = summary["seconds"]
+    graph = summary["graph"]
+    lines = [
+        f"source            {summary['source']}",
+        f"events            {summary['events']} this run, {summary['events_applied']} applied "
+        f"in total (positions {summary['start_position']}..{summary['end_position']})",
+        f"throughput        {summary['events_per_s']:.0f} events/s "
+        f"(train {sec['train']:.1f} s, graph {sec['graph']:.1f} s, state {sec['state']:.1f} s, "
+        f"prequential {sec['prequential_eval']:.1f} s, checkpoint {sec['checkpoint']:.1f} s, "
+        f"other {sec['other']:.1f} s)",
+        f"catalogue         {summary['num_items']} items, {summary['num_users']} users",
+        f"graph             {graph['nnz']} stored entries, total weight "
+        f"{graph['total_weight']:.6g}",
+    ]
+    preq = summary.get("prequential")
+    if preq:
+        lines.append(
+            f"prequential       HR@10 {preq['HR@10']:.4f}  NDCG@10 {preq['NDCG@10']:.4f} "
+            f"over {preq['events']} events"
+        )
+        ages = "  ".join(
+            f"{name}: {row['HR@10']:.4f} ({row['events']})"
+            for name, row in preq["by_item_age"].items()
+            if row["events"]
+        )
+        lines.append(f"  by item age     HR@10 {ages}")
+        for row in preq["windows"]:
+            lines.append(
+                f"  events {row['start']:>8d}+  HR@10 {row['HR@10']:.4f}  "
+                f"NDCG@10 {row['NDCG@10']:.4f}  ({row['events']})"
+            )
+    dead = summary["dead_letters"]
+    lines.append(
+        f"dead letters      {summary['dead_letters_total']}"
+        + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(dead.items())) + ")" if dead else "")
+    )
+    if summary.get("checkpoint"):
+        lines.append(f"checkpoint        {summary['checkpoint']['path']}")
+    return "\n".join(lines) + "\n"
+
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    # Choices spelled out (engine.online.MODELS etc.) so that building the parser imports no torch.
+    p = sub.add_parser(
+        "replay",
+        help="replay an event log through the online trainer (test-then-train, checkpoints)",
+        description="Streams a log in event-time order through the online trainer: live item "
+        "graph, SEvo-smoothed updates, optional prequential (test-then-train) HR@10/NDCG@10. "
+        "With --checkpoint-dir it resumes from the newest valid checkpoint and never applies "
+        "an event twice.",
+    )
+    p.add_argument("source", help="ml-100k, beauty, a .jsonl file of the wire format, or a path")
+    p.add_argument("--model", choices=("sasrec", "gru4rec", "mf"), default="sasrec")
+    p.add_argument("--optimizer", choices=("sevo-adamw", "adamw"), default="sevo-adamw")
+    p.add_argument(
+        "--half-life", type=float, default=None, help="edge half-life in seconds (default: none)"
+    )
+    p.add_argument("--checkpoint-dir", type=Path, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=50_000, help="events")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--prequential", action="store_true", help="rank each event before learning")
+    p.add_argument("--window", type=int, default=10_000, help="events per prequential window")
+    p.add_argument("--batch-size", type=int, default=256, help="events per micro-batch")
+    p.add_argument("--rate", type=float, default=None, help="events/s (default: full speed)")
+    p.add_argument("--max-events", type=int, default=None, help="replay only the first N events")
+    p.add_argument("--dead-letters", type=Path, default=None, help="JSONL file for bad records")
+    p.add_argument("--maxlen", type=int, default=50)
+    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--dim", type=int, default=None, help="embedding size (model default 64)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=3e-3,
+        help="learning rate (3e-3 with 2 steps per batch gave the best prequential HR@10 on "
+        "ML-100K of the settings tried; OnlineConfig's own default is 1e-3 with 1 step)",
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--beta", type=float, default=0.99, help="SEvo β")
+    p.add_argument("--L", type=int, default=3, help="SEvo propagation steps")
+    p.add_argument("--steps-per-batch", type=int, default=2, help="optimizer steps per batch")
+    p.add_argument(
+        "--new-item-policy",
+        choices=("passthrough", "paper", "young"),
+        default="passthrough",
+        help="how SEvo treats new items: raw update while isolated (passthrough), the paper's ψ "
+        "(paper), or raw update while an item has fewer than --young-item-events events (young)",
+    )
+    p.add_argument("--young-item-events", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (micro-batches are small: one thread is usually fastest)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_replay)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from graph_store import ItemGraph
+    from streaming.checkpoint import CheckpointStore
+
+    if not args.checkpoint_dir.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory {args.checkpoint_dir}")
+    ckpt = CheckpointStore(args.checkpoint_dir).latest_checkpoint()
+    if ckpt is None:
+        raise FileNotFoundError(f"no valid checkpoint in {args.checkpoint_dir}")
+    state, meta = ckpt.state, ckpt.meta
+    graph = ItemGraph.from_state_arrays({k: v.numpy() for k, v in state["graph"].items()})
+    info = {
+        "checkpoint_version": ckpt.version,
+        "checkpoint_path": str(ckpt.path),
+        "events_applied": int(state["events_applied"]),
+        "dead_letters": int(meta.get("dead_letters_total", 0)),
+        "dead_letters_by_reason": meta.get("dead_letters", {}),
+        "num_users": len(state["user_ids"]),
+        "num_items": len(state["item_ids"]) - 1,
+        "graph_nnz": int(graph.to_scipy(raw=True).nnz),
+        # Sum of all entries of the true A (decayed to the latest event time): each undirected
+        # edge counts twice; with hops=1, unit weights and no decay, 2 x adjacent item pairs.
+        "graph_total_weight": float(graph.total_weight()),
+        "graph_half_life": graph.half_life,
+        "graph_t_latest": graph.t_latest,
+        "offsets": ckpt.offsets,
+        "config": state["config"],
+    }
+    preq = meta.get("prequential")
+    if preq and preq.get("count"):
+        info["prequential"] = {
+            "events": preq["count"],
+            f"HR@{preq['k']}": preq["hits"] / preq["count"],
+            f"NDCG@{preq['k']}": preq["ndcg"] / preq["count"],
+        }
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for key, value in info.items():
+            print(f"{key:>22s}  {value}")
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="print what the newest valid checkpoint holds")
+    p.add_argument("checkpoint_dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+
+
 # Each entry adds one subcommand; the heavy imports happen inside the handlers.
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_version,
     _add_data,
     _add_offline,
+    _add_replay,
+    _add_inspect,
 ]
 
 
