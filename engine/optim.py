@@ -233,19 +233,22 @@ def sevo_adamw(
         t.add_(1)
         p.mul_(1.0 - lr * weight_decay)
         if zero_row_correction:
-            unsampled = (g == 0).all(dim=1, keepdim=True)  # (N, 1)
+            # Unsampled rows have g = 0, so feeding them their bias-corrected moments,
+            # m ← β1·m + (1−β1)·m/(1−β1^{t−1}), is a per-row rescaling of m (likewise v). That
+            # turns the correction into (N, 1) factors instead of full-size torch.where passes.
+            unsampled = (g.abs().amax(dim=1, keepdim=True) == 0).to(m.dtype)  # (N, 1)
             prev = t.sub(1).clamp_(min=1)
-            g_tilde = torch.where(unsampled, m / (1 - beta1**prev), g)
-            q_tilde = torch.where(unsampled, v / (1 - beta2**prev), g * g)
-            m.mul_(beta1).add_(g_tilde, alpha=1 - beta1)
-            v.mul_(beta2).add_(q_tilde, alpha=1 - beta2)
+            m_scale = beta1 + unsampled * ((1 - beta1) / (1 - beta1**prev))
+            v_scale = beta2 + unsampled * ((1 - beta2) / (1 - beta2**prev))
+            m.mul_(m_scale).add_(g, alpha=1 - beta1)
+            v.mul_(v_scale).addcmul_(g, g, value=1 - beta2)
         else:
             m.mul_(beta1).add_(g, alpha=1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        bias1 = 1 - beta1**t
-        bias2_sqrt = (1 - beta2**t).sqrt()
-        denom = (v.sqrt() / bias2_sqrt).add_(eps)
-        directions.append(m / bias1 / denom)
+        inv_bias1 = 1 / (1 - beta1**t)
+        inv_bias2_sqrt = (1 - beta2**t).rsqrt()
+        denom = v.sqrt().mul_(inv_bias2_sqrt).add_(eps)
+        directions.append(m.mul(inv_bias1).div_(denom))
     _apply_smoothed(params, directions, smoother, lr)
 
 
