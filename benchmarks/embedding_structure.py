@@ -7,6 +7,7 @@ Reads the item matrices (``runs/*.items.npy``, written by ``reproduce_paper.py
   category ("within") against the mean over all item pairs ("overall"); computed exactly and
   vectorised: for a category c with member sum s_c of unit vectors, the sum over its ordered
   pairs is ‖s_c‖² − n_c;
+* the same for the evolution E − E0 (the table minus its initial value, which both runs share);
 * ``embeddings.png``: a 2-D t-SNE (PCA if scikit-learn is missing) of the items, coloured by their
   main category (the 8 most frequent categories; items in none of them are grey), AdamW | SEvo.
 
@@ -27,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.models import build_model  # noqa: E402
 from streaming.experiments import load_split  # noqa: E402
 
 
@@ -111,8 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no saved item matrix for {missing} in {args.runs}/runs")
     report = {"data": args.data, "seed": args.seed, "graph": args.graph}
     mats = {k: np.load(v) for k, v in files.items()}
+    # Both runs start from the same initial table (same seed), rebuilt here: the *evolution*
+    # E − E0 is what SEvo smooths, and on short runs E is still mostly its random start.
+    config = json.loads(
+        files["SEvo"].with_name(files["SEvo"].name.replace(".items.npy", ".json")).read_text()
+    )["config"]
+    init = build_model(
+        config["model"],
+        num_items=split.num_items,
+        num_users=split.num_users,
+        seed=config["seed"],
+        **config["model_overrides"],
+    )
+    E0 = init.item_output_weight().detach().numpy()
     for name, E in mats.items():
         report[name] = cohesion(E, split.item_categories)
+        report[name]["evolution"] = cohesion(E - E0, split.item_categories)
     print(json.dumps(report, indent=1))
     (args.runs / "embedding_structure.json").write_text(json.dumps(report, indent=1) + "\n")
     try:
