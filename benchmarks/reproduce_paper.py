@@ -56,6 +56,15 @@ def _worker(
     return result
 
 
+def finished_runs(out: Path) -> list[dict]:
+    """Every finished run in ``out/runs`` (earlier grids into the same directory included)."""
+    return [
+        json.loads(p.read_text())
+        for p in sorted((out / "runs").glob("*.json"))
+        if not p.name.endswith(".partial.json")
+    ]
+
+
 def plot_curves(out: Path) -> Path | None:
     try:
         import matplotlib
@@ -126,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     configs = grid_configs(
         base, models=args.models, optimizers=args.optimizers, graphs=args.graphs, seeds=args.seeds
     )
-    results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
             pool.submit(
@@ -134,13 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             for c in configs
         ]
+        paper = PAPER_BEAUTY if args.data == "beauty" else None
         for future in as_completed(futures):
-            results.append(future.result())
+            future.result()
             plot_curves(out)
-            paper = PAPER_BEAUTY if args.data == "beauty" else None
-            write_summary(out, results, paper)  # partial summary after every finished run
-    paper = PAPER_BEAUTY if args.data == "beauty" else None
-    summary = write_summary(out, results, paper)
+            write_summary(out, finished_runs(out), paper)  # after every finished run
+    summary = write_summary(out, finished_runs(out), paper)
     print(markdown_table(summary, paper), end="")
     png = plot_curves(out)
     print(f"wrote {out / 'summary.md'}" + (f" and {png}" if png else ""))
