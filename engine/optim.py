@@ -211,6 +211,14 @@ def _grads_for(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
     return params, grads
 
 
+def _adam_direction(m: Tensor, v: Tensor, t: Tensor, beta1: float, beta2: float, eps: float):
+    """Δ = m̂ / (√v̂ + ε) with the bias corrections at step t (a scalar or per-row tensor)."""
+    inv_bias1 = 1 / (1 - beta1**t)
+    inv_bias2_sqrt = (1 - beta2**t).rsqrt()
+    denom = v.sqrt().mul_(inv_bias2_sqrt).add_(eps)
+    return m.mul(inv_bias1).div_(denom)
+
+
 # ---------------------------------------------------------------------- SEvo-AdamW
 def sevo_adamw(
     params: list[Tensor],
@@ -245,10 +253,7 @@ def sevo_adamw(
         else:
             m.mul_(beta1).add_(g, alpha=1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        inv_bias1 = 1 / (1 - beta1**t)
-        inv_bias2_sqrt = (1 - beta2**t).rsqrt()
-        denom = v.sqrt().mul_(inv_bias2_sqrt).add_(eps)
-        directions.append(m.mul(inv_bias1).div_(denom))
+        directions.append(_adam_direction(m, v, t, beta1, beta2, eps))
     _apply_smoothed(params, directions, smoother, lr)
 
 
@@ -325,10 +330,7 @@ def sevo_adam(
             g = g.add(p, alpha=weight_decay)
         m.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        bias1 = 1 - beta1**t
-        bias2_sqrt = (1 - beta2**t).sqrt()
-        denom = (v.sqrt() / bias2_sqrt).add_(eps)
-        directions.append(m / bias1 / denom)
+        directions.append(_adam_direction(m, v, t, beta1, beta2, eps))
     _apply_smoothed(params, directions, smoother, lr)
 
 
