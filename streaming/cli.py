@@ -462,6 +462,260 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
+# ---------------------------------------------------------------------- sevo produce / run
+def _add_online_args(p: argparse.ArgumentParser) -> None:
+    """The trainer settings of ``sevo run`` (same names and defaults as ``sevo replay``)."""
+    p.add_argument("--model", choices=("sasrec", "gru4rec", "mf"), default="sasrec")
+    p.add_argument("--optimizer", choices=("sevo-adamw", "adamw"), default="sevo-adamw")
+    p.add_argument(
+        "--half-life", type=float, default=None, help="edge half-life in seconds (default: none)"
+    )
+    p.add_argument("--maxlen", type=int, default=50)
+    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--dim", type=int, default=None, help="embedding size (model default 64)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (as sevo replay)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--beta", type=float, default=0.99, help="SEvo β")
+    p.add_argument("--L", type=int, default=3, help="SEvo propagation steps")
+    p.add_argument("--steps-per-batch", type=int, default=2, help="optimizer steps per batch")
+    p.add_argument(
+        "--new-item-policy", choices=("passthrough", "paper", "young"), default="passthrough"
+    )
+    p.add_argument("--young-item-events", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def _online_config(args: argparse.Namespace):
+    from engine.online import OnlineConfig
+
+    return OnlineConfig(
+        model=args.model,
+        optimizer=args.optimizer,
+        maxlen=args.maxlen,
+        hops=args.hops,
+        half_life=args.half_life,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        sevo_beta=args.beta,
+        sevo_steps=args.L,
+        steps_per_batch=args.steps_per_batch,
+        new_item_policy=args.new_item_policy,
+        young_item_events=args.young_item_events,
+        seed=args.seed,
+        model_overrides={"dim": args.dim} if args.dim else {},
+    )
+
+
+def _quiet_kafka_client(args: argparse.Namespace) -> None:
+    """kafka-python logs every metadata update at INFO; keep its warnings unless -vv."""
+    if getattr(args, "verbose", 0) < 2:
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    import time
+
+    from streaming.errors import StreamingError
+    from streaming.events import Event
+    from streaming.kafka_io import ensure_topic, produce_events
+    from streaming.replay import LogSource
+
+    _quiet_kafka_client(args)
+    source = LogSource(args.source, batch_size=10_000, limit=args.max_events)
+    if source.dead_letters:
+        log.warning(
+            "%d invalid line(s) of %s are not produced", len(source.dead_letters), args.source
+        )
+
+    def events():
+        for batch in source:
+            for user, item, ts, weight in zip(
+                batch.users.tolist(),
+                batch.items.tolist(),
+                batch.times.tolist(),
+                batch.weights.tolist(),
+            ):
+                yield Event(user, item, ts, weight)
+
+    try:
+        ensure_topic(args.bootstrap, args.topic, partitions=args.partitions)
+        started = time.perf_counter()
+        count = produce_events(args.bootstrap, args.topic, events(), rate=args.rate)
+    except StreamingError as exc:  # e.g. the broker stayed unreachable: one clear line
+        log.error("%s", exc)
+        return 1
+    seconds = time.perf_counter() - started
+    rate = count / seconds if seconds > 0 else float("nan")
+    if args.json:
+        print(
+            json.dumps(
+                {"topic": args.topic, "events": count, "seconds": seconds, "events_per_s": rate}
+            )
+        )
+    else:
+        print(f"produced {count} events to {args.topic} in {seconds:.2f} s ({rate:.0f} events/s)")
+    return 0
+
+
+def _add_produce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "produce",
+        help="publish an event log to a Kafka topic (wire-format JSON, key = user id)",
+        description="Publishes a log in event-time order (the order sevo replay uses) as one "
+        "JSON message per event, keyed by user id; creates the topic if it is missing.",
+    )
+    p.add_argument("source", help="ml-100k, beauty, a .jsonl file of the wire format, or a path")
+    p.add_argument("--bootstrap", required=True, help="HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--rate", type=float, default=None, help="events/s (default: full speed)")
+    p.add_argument("--partitions", type=int, default=1, help="partitions if the topic is created")
+    p.add_argument("--max-events", type=int, default=None, help="only the first N events")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_produce)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    import torch
+
+    from engine.online import OnlineTrainer
+    from streaming.checkpoint import CheckpointStore
+    from streaming.consumer import ConsumerConfig, run_consumer
+    from streaming.errors import StreamingError
+    from streaming.events import JsonlDeadLetterSink
+    from streaming.kafka_io import KafkaConfig, KafkaDeadLetterSink
+    from streaming.metrics import EngineMetrics
+
+    _quiet_kafka_client(args)
+    torch.set_num_threads(args.threads)
+    session_ms = args.session_timeout_ms
+    kafka = KafkaConfig(
+        bootstrap=args.bootstrap,
+        topic=args.topic,
+        group=args.group,
+        client_id=args.client_id,
+        max_poll_records=args.max_batch,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(1, min(3000, session_ms // 3)),
+        connect_timeout_s=args.connect_timeout,
+    )
+    loop = ConsumerConfig(
+        checkpoint_every_events=args.checkpoint_every,
+        checkpoint_every_s=args.checkpoint_interval,
+        max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms,
+        max_records=args.max_events,
+        idle_exit_s=args.idle_exit,
+    )
+    trainer = OnlineTrainer(_online_config(args))
+    store = CheckpointStore(args.checkpoint_dir, keep=args.keep)
+    peers = [CheckpointStore(d, keep=args.keep) for d in args.peer_checkpoint_dir or ()]
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("%s received: stopping after the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, on_signal) for s in handled}
+    metrics = EngineMetrics(log_every_s=args.log_every)
+    sink = None
+    try:
+        if args.metrics_port is not None:
+            try:
+                metrics.serve(args.metrics_port, args.metrics_host)
+            except OSError as exc:
+                log.error(
+                    "cannot serve metrics on %s:%s: %s", args.metrics_host, args.metrics_port, exc
+                )
+                return 2
+        if args.dead_letter_topic:
+            sink = KafkaDeadLetterSink(
+                args.bootstrap, args.dead_letter_topic, connect_timeout_s=args.connect_timeout
+            )
+        elif args.dead_letters:
+            sink = JsonlDeadLetterSink(args.dead_letters)
+        summary = run_consumer(
+            kafka, trainer, store, loop, dead_letters=sink, stop=stop, metrics=metrics, peers=peers
+        )
+    except StreamingError as exc:  # e.g. the broker stayed unreachable: one clear line
+        log.error("%s", exc)
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if sink is not None:
+            sink.close()
+        metrics.close()
+    summary["config"] = trainer.config.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(_replay_report(summary), end="")
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the engine's main job: consume a Kafka topic into the online trainer",
+        description="Consumes events from Kafka, sends invalid records to a dead-letter topic or "
+        "file, trains online (live item graph, SEvo) and checkpoints; group offsets are "
+        "committed only after a checkpoint is durable. Resumes from the newest valid checkpoint "
+        "(the checkpoint, not the group, says where each partition resumes), so every event "
+        "is applied exactly once even after kill -9. SIGTERM/SIGINT stop cleanly (final "
+        "checkpoint, commit, close).",
+    )
+    p.add_argument("--bootstrap", required=True, help="HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--group", default="sevo-engine", help="consumer group id")
+    p.add_argument("--client-id", default="sevo-engine")
+    p.add_argument("--checkpoint-dir", type=Path, required=True, help="this worker's checkpoints")
+    p.add_argument(
+        "--peer-checkpoint-dir",
+        type=Path,
+        action="append",
+        help="checkpoint dir of another worker of the same group (repeatable; read only): a "
+        "partition that moves here resumes where its previous owner's state ends",
+    )
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    _add_online_args(p)
+    dead = p.add_mutually_exclusive_group()
+    dead.add_argument("--dead-letter-topic", default=None, help="Kafka topic for bad records")
+    dead.add_argument("--dead-letters", type=Path, default=None, help="JSONL file for bad records")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=10_000, help="records between checkpoints"
+    )
+    p.add_argument(
+        "--checkpoint-interval", type=float, default=60.0, help="seconds between checkpoints"
+    )
+    p.add_argument("--max-batch", type=int, default=500, help="records per micro-batch at most")
+    p.add_argument(
+        "--batch-timeout-ms", type=int, default=100, help="time to wait to fill a micro-batch"
+    )
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    p.add_argument("--log-every", type=float, default=10.0, help="seconds between status lines")
+    p.add_argument("--max-events", type=int, default=None, help="stop after N records")
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        help="stop after S seconds without new records (tests, demos)",
+    )
+    p.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
+    p.add_argument(
+        "--connect-timeout", type=float, default=30.0, help="seconds to retry a down broker"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_run)
+
+
 # Each entry adds one subcommand; the heavy imports happen inside the handlers.
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_version,
@@ -469,6 +723,8 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_offline,
     _add_replay,
     _add_inspect,
+    _add_produce,
+    _add_run,
 ]
 
 

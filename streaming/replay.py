@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from engine.online import OnlineTrainer
-from streaming.checkpoint import CheckpointStore
+from streaming.checkpoint import Checkpoint, CheckpointStore
 from streaming.events import DeadLetter, DeadLetterSink, EventBatch, parse_records
 
 __all__ = ["LogSource", "Prequential", "run_replay"]
@@ -352,13 +352,7 @@ def run_replay(
                     f"{checkpoint_store.directory} holds a checkpoint of {sorted(ckpt.offsets)}, "
                     f"not of {source.key}; use another --checkpoint-dir"
                 )
-            saved, mine = ckpt.state.get("config"), trainer.config.to_dict()
-            if saved != mine:
-                diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-                raise ValueError(
-                    f"the checkpoint in {checkpoint_store.directory} was written with other "
-                    f"settings ({', '.join(diff)}); use the same settings or another directory"
-                )
+            check_checkpoint_config(ckpt, trainer, checkpoint_store.directory)
             trainer.load_state_dict(ckpt.state)
             counters.update(ckpt.meta.get("dead_letters", {}))
             if evaluator is not None and ckpt.meta.get("prequential"):
@@ -436,28 +430,81 @@ def run_replay(
     finally:
         bar.close()
 
-    total = time.perf_counter() - started
-    accounted = sum(seconds[k] for k in ("ids", "graph", "state", "train", "eval", "checkpoint"))
+    return summarize_run(
+        trainer,
+        source=source.key,
+        events=events,
+        start_position=start,
+        end_position=source.position(),
+        resumed_from_version=resumed,
+        total_s=time.perf_counter() - started,
+        seconds=seconds,
+        dead_letters=counters,
+        checkpoint=last_ckpt,
+        loss=loss,
+        prequential=None if evaluator is None else evaluator.summary(),
+    )
+
+
+def check_checkpoint_config(ckpt: Checkpoint, trainer: OnlineTrainer, directory: Any) -> None:
+    """Refuse a checkpoint written with another trainer config (one clear line, the keys).
+
+    Raises:
+        ValueError: naming the settings that differ.
+    """
+    saved, mine = ckpt.state.get("config"), trainer.config.to_dict()
+    if saved != mine:
+        saved = saved if isinstance(saved, dict) else {}
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        raise ValueError(
+            f"the checkpoint in {directory} was written with other "
+            f"settings ({', '.join(diff)}); use the same settings or another directory"
+        )
+
+
+def summarize_run(
+    trainer: OnlineTrainer,
+    *,
+    source: str,
+    events: int,
+    start_position: Any,
+    end_position: Any,
+    resumed_from_version: int | None,
+    total_s: float,
+    seconds: Mapping[str, float],
+    dead_letters: Mapping[str, int],
+    checkpoint: dict[str, Any] | None,
+    loss: float,
+    prequential: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The summary of a run of the online pipeline (replay or Kafka consumer).
+
+    ``seconds`` holds the summed ``learn_many`` timings (``ids``, ``graph``, ``state``,
+    ``train``) plus ``eval`` and ``checkpoint``; whatever they do not account for is ``other``.
+    """
+    accounted = sum(
+        seconds.get(k, 0.0) for k in ("ids", "graph", "state", "train", "eval", "checkpoint")
+    )
     graph = trainer.graph
     summary = trainer.summary()
     return {
-        "source": source.key,
+        "source": source,
         "events": events,
         "events_applied": trainer.events_applied,
-        "start_position": start,
-        "end_position": source.position(),
-        "resumed_from_version": resumed,
-        "events_per_s": events / total if total > 0 else math.nan,
+        "start_position": start_position,
+        "end_position": end_position,
+        "resumed_from_version": resumed_from_version,
+        "events_per_s": events / total_s if total_s > 0 else math.nan,
         "seconds": {
-            "total": total,
-            "train": seconds["train"],
-            "graph": seconds["graph"],
-            "state": seconds["ids"] + seconds["state"],
-            "prequential_eval": seconds["eval"],
-            "checkpoint": seconds["checkpoint"],
-            "other": max(0.0, total - accounted),
+            "total": total_s,
+            "train": seconds.get("train", 0.0),
+            "graph": seconds.get("graph", 0.0),
+            "state": seconds.get("ids", 0.0) + seconds.get("state", 0.0),
+            "prequential_eval": seconds.get("eval", 0.0),
+            "checkpoint": seconds.get("checkpoint", 0.0),
+            "other": max(0.0, total_s - accounted),
         },
-        "prequential": None if evaluator is None else evaluator.summary(),
+        "prequential": prequential,
         "graph": {
             "nodes": graph.num_nodes,
             "nnz": summary["graph_nnz"],
@@ -467,8 +514,8 @@ def run_replay(
         },
         "num_users": trainer.num_users,
         "num_items": trainer.num_items,
-        "dead_letters": dict(counters),
-        "dead_letters_total": int(sum(counters.values())),
-        "checkpoint": last_ckpt,
+        "dead_letters": dict(dead_letters),
+        "dead_letters_total": int(sum(dead_letters.values())),
+        "checkpoint": checkpoint,
         "loss": loss,
     }
