@@ -262,28 +262,13 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.online import OnlineConfig, OnlineTrainer
+    from engine.online import OnlineTrainer
     from streaming.checkpoint import CheckpointStore
     from streaming.events import JsonlDeadLetterSink
     from streaming.replay import LogSource, run_replay
 
     torch.set_num_threads(args.threads)
-    config = OnlineConfig(
-        model=args.model,
-        optimizer=args.optimizer,
-        maxlen=args.maxlen,
-        hops=args.hops,
-        half_life=args.half_life,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        sevo_beta=args.beta,
-        sevo_steps=args.L,
-        steps_per_batch=args.steps_per_batch,
-        new_item_policy=args.new_item_policy,
-        young_item_events=args.young_item_events,
-        seed=args.seed,
-        model_overrides={"dim": args.dim} if args.dim else {},
-    )
+    config = _online_config(args)
     source = LogSource(
         args.source, batch_size=args.batch_size, rate=args.rate, limit=args.max_events
     )
@@ -364,11 +349,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         "an event twice.",
     )
     p.add_argument("source", help="ml-100k, beauty, a .jsonl file of the wire format, or a path")
-    p.add_argument("--model", choices=("sasrec", "gru4rec", "mf"), default="sasrec")
-    p.add_argument("--optimizer", choices=("sevo-adamw", "adamw"), default="sevo-adamw")
-    p.add_argument(
-        "--half-life", type=float, default=None, help="edge half-life in seconds (default: none)"
-    )
+    _add_online_args(p)
     p.add_argument("--checkpoint-dir", type=Path, default=None)
     p.add_argument("--checkpoint-every", type=int, default=50_000, help="events")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
@@ -378,35 +359,6 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=None, help="events/s (default: full speed)")
     p.add_argument("--max-events", type=int, default=None, help="replay only the first N events")
     p.add_argument("--dead-letters", type=Path, default=None, help="JSONL file for bad records")
-    p.add_argument("--maxlen", type=int, default=50)
-    p.add_argument("--hops", type=int, default=1)
-    p.add_argument("--dim", type=int, default=None, help="embedding size (model default 64)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=3e-3,
-        help="learning rate (3e-3 with 2 steps per batch gave the best prequential HR@10 on "
-        "ML-100K of the settings tried; OnlineConfig's own default is 1e-3 with 1 step)",
-    )
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--beta", type=float, default=0.99, help="SEvo β")
-    p.add_argument("--L", type=int, default=3, help="SEvo propagation steps")
-    p.add_argument("--steps-per-batch", type=int, default=2, help="optimizer steps per batch")
-    p.add_argument(
-        "--new-item-policy",
-        choices=("passthrough", "paper", "young"),
-        default="passthrough",
-        help="how SEvo treats new items: raw update while isolated (passthrough), the paper's ψ "
-        "(paper), or raw update while an item has fewer than --young-item-events events (young)",
-    )
-    p.add_argument("--young-item-events", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (micro-batches are small: one thread is usually fastest)",
-    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_replay)
@@ -464,7 +416,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------- sevo produce / run
 def _add_online_args(p: argparse.ArgumentParser) -> None:
-    """The trainer settings of ``sevo run`` (same names and defaults as ``sevo replay``)."""
+    """The online trainer settings shared by ``sevo replay`` and ``sevo run``."""
     p.add_argument("--model", choices=("sasrec", "gru4rec", "mf"), default="sasrec")
     p.add_argument("--optimizer", choices=("sevo-adamw", "adamw"), default="sevo-adamw")
     p.add_argument(
@@ -473,17 +425,32 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maxlen", type=int, default=50)
     p.add_argument("--hops", type=int, default=1)
     p.add_argument("--dim", type=int, default=None, help="embedding size (model default 64)")
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (as sevo replay)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=3e-3,
+        help="learning rate (3e-3 with 2 steps per batch gave the best prequential HR@10 on "
+        "ML-100K of the settings tried; OnlineConfig's own default is 1e-3 with 1 step)",
+    )
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--beta", type=float, default=0.99, help="SEvo β")
     p.add_argument("--L", type=int, default=3, help="SEvo propagation steps")
     p.add_argument("--steps-per-batch", type=int, default=2, help="optimizer steps per batch")
     p.add_argument(
-        "--new-item-policy", choices=("passthrough", "paper", "young"), default="passthrough"
+        "--new-item-policy",
+        choices=("passthrough", "paper", "young"),
+        default="passthrough",
+        help="how SEvo treats new items: raw update while isolated (passthrough), the paper's ψ "
+        "(paper), or raw update while an item has fewer than --young-item-events events (young)",
     )
     p.add_argument("--young-item-events", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (micro-batches are small: one thread is usually fastest)",
+    )
 
 
 def _online_config(args: argparse.Namespace):
