@@ -144,6 +144,35 @@ class Recommender(nn.Module, ABC):
         return g
 
 
+class TiedItemTableRecommender(Recommender):
+    """A model whose only table is ``item_emb`` (``(num_items + 1, D)``), tied to the output.
+
+    Subclasses set ``self.item_emb`` and ``self.config.init_std``; SEvo smooths that one table on
+    the item graph, and :meth:`grow` appends item rows.
+    """
+
+    item_emb: nn.Embedding
+
+    def item_output_weight(self) -> Tensor:
+        return self.item_emb.weight  # (N+1, D), tied
+
+    def smoothing_groups(self) -> list[list[nn.Parameter]]:
+        """``[[item_emb.weight]]``: one ``(num_items + 1, D)`` table on the item graph."""
+        return [[self.item_emb.weight]]
+
+    def grow(
+        self,
+        num_items: int | None = None,
+        num_users: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        new_items, new_users = self._check_grow(num_items, num_users)
+        g = self._grow_generator(generator, new_items, new_users)
+        append_rows(self.item_emb.weight, new_items - self.num_items, self.config.init_std, g)
+        self.item_emb.num_embeddings = new_items + 1
+        self.num_items, self.num_users = new_items, new_users
+
+
 def check_sizes(num_items: int, num_users: int, *, need_users: bool = False) -> None:
     """Raise ``ValueError`` unless ``num_items >= 1`` and ``num_users >= 0`` (or ``>= 1``)."""
     if int(num_items) < 1:

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from engine.models.base import (
     Batch,
-    Recommender,
-    append_rows,
+    TiedItemTableRecommender,
     check_sizes,
     dropout,
     sample_negatives,
@@ -88,7 +87,7 @@ def _right_aligned(seqs: Tensor) -> tuple[Tensor, Tensor]:
     return right * (cols[None, :] < lengths[:, None]), lengths  # (B, W), (B,)
 
 
-class GRU4Rec(Recommender):
+class GRU4Rec(TiedItemTableRecommender):
     """Session/sequence-based recommender with a GRU encoder and BPR loss.
 
     Args:
@@ -187,22 +186,3 @@ class GRU4Rec(Recommender):
         last = (lengths - 1).clamp(min=0)  # (B,)
         rep = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
         return rep * (lengths > 0).unsqueeze(-1).to(rep.dtype)  # (B, D); 0 for empty history
-
-    def item_output_weight(self) -> Tensor:
-        return self.item_emb.weight  # (N+1, D), tied
-
-    def smoothing_groups(self) -> list[list[nn.Parameter]]:
-        """``[[item_emb.weight]]``: one ``(num_items + 1, D)`` table on the item graph."""
-        return [[self.item_emb.weight]]
-
-    def grow(
-        self,
-        num_items: int | None = None,
-        num_users: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        new_items, new_users = self._check_grow(num_items, num_users)
-        g = self._grow_generator(generator, new_items, new_users)
-        append_rows(self.item_emb.weight, new_items - self.num_items, self.config.init_std, g)
-        self.item_emb.num_embeddings = new_items + 1
-        self.num_items, self.num_users = new_items, new_users

@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from engine.models._transformer import Layout, TransformerEncoder, recency_positions
 from engine.models.base import (
     Batch,
-    Recommender,
-    append_rows,
+    TiedItemTableRecommender,
     check_sizes,
     dropout,
     sample_negatives,
@@ -66,7 +65,7 @@ class SASRecConfig:
             raise ValueError(f"init_std must be >= 0, got {self.init_std}")
 
 
-class SASRec(Recommender):
+class SASRec(TiedItemTableRecommender):
     """Self-attentive sequential recommender.
 
     Args:
@@ -168,22 +167,3 @@ class SASRec(Recommender):
         """Hidden state at the last position of the most recent ``maxlen`` items, ``(B, D)``."""
         seqs = batch["seqs"][:, -self.config.maxlen :]  # (B, T')
         return self.encode(seqs, generator)[:, -1, :]  # (B, D)
-
-    def item_output_weight(self) -> Tensor:
-        return self.item_emb.weight  # (N+1, D), tied
-
-    def smoothing_groups(self) -> list[list[nn.Parameter]]:
-        """``[[item_emb.weight]]``: one ``(num_items + 1, D)`` table on the item graph."""
-        return [[self.item_emb.weight]]
-
-    def grow(
-        self,
-        num_items: int | None = None,
-        num_users: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        new_items, new_users = self._check_grow(num_items, num_users)
-        g = self._grow_generator(generator, new_items, new_users)
-        append_rows(self.item_emb.weight, new_items - self.num_items, self.config.init_std, g)
-        self.item_emb.num_embeddings = new_items + 1
-        self.num_items, self.num_users = new_items, new_users
