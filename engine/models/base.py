@@ -123,6 +123,25 @@ class Recommender(nn.Module, ABC):
 
     # ----------------------------------------------------------------- helpers for subclasses
 
+    def _grow_tables(
+        self,
+        num_items: int | None,
+        num_users: int | None,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Append rows to ``item_emb`` (and ``user_emb`` if the model has one), drawn from
+        ``N(0, config.init_std²)``, and update the sizes: the shared part of :meth:`grow`."""
+        new_items, new_users = self._check_grow(num_items, num_users)
+        g = self._grow_generator(generator, new_items, new_users)
+        std = self.config.init_std
+        user_emb = getattr(self, "user_emb", None)
+        if user_emb is not None:
+            append_rows(user_emb.weight, new_users - self.num_users, std, g)
+            user_emb.num_embeddings = new_users
+        append_rows(self.item_emb.weight, new_items - self.num_items, std, g)
+        self.item_emb.num_embeddings = new_items + 1
+        self.num_items, self.num_users = new_items, new_users
+
     def _check_grow(self, num_items: int | None, num_users: int | None) -> tuple[int, int]:
         """Validate ``grow`` arguments; returns the target ``(num_items, num_users)``."""
         new_items = self.num_items if num_items is None else int(num_items)
@@ -166,11 +185,7 @@ class TiedItemTableRecommender(Recommender):
         num_users: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        new_items, new_users = self._check_grow(num_items, num_users)
-        g = self._grow_generator(generator, new_items, new_users)
-        append_rows(self.item_emb.weight, new_items - self.num_items, self.config.init_std, g)
-        self.item_emb.num_embeddings = new_items + 1
-        self.num_items, self.num_users = new_items, new_users
+        self._grow_tables(num_items, num_users, generator)
 
 
 def check_sizes(num_items: int, num_users: int, *, need_users: bool = False) -> None:

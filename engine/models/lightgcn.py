@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from engine.models.base import (
     Batch,
     Recommender,
-    append_rows,
     check_sizes,
     sample_negatives,
     user_positives,
@@ -212,12 +211,5 @@ class LightGCN(Recommender):
         generator: torch.Generator | None = None,
     ) -> None:
         """Grow the tables; new users/items have no edges until the next :meth:`set_graph`."""
-        new_items, new_users = self._check_grow(num_items, num_users)
-        g = self._grow_generator(generator, new_items, new_users)
-        std = self.config.init_std
-        append_rows(self.user_emb.weight, new_users - self.num_users, std, g)
-        append_rows(self.item_emb.weight, new_items - self.num_items, std, g)
-        self.user_emb.num_embeddings = new_users
-        self.item_emb.num_embeddings = new_items + 1
-        self.num_items, self.num_users = new_items, new_users
+        self._grow_tables(num_items, num_users, generator)
         self._build_edges()  # item node ids shift by the number of new users

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from engine.models.base import (
     Batch,
     Recommender,
-    append_rows,
     check_sizes,
     sample_negatives,
     user_positives,
@@ -128,11 +127,4 @@ class MF(Recommender):
         num_users: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        new_items, new_users = self._check_grow(num_items, num_users)
-        g = self._grow_generator(generator, new_items, new_users)
-        std = self.config.init_std
-        append_rows(self.user_emb.weight, new_users - self.num_users, std, g)
-        append_rows(self.item_emb.weight, new_items - self.num_items, std, g)
-        self.user_emb.num_embeddings = new_users
-        self.item_emb.num_embeddings = new_items + 1
-        self.num_items, self.num_users = new_items, new_users
+        self._grow_tables(num_items, num_users, generator)
