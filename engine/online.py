@@ -784,6 +784,15 @@ class OnlineTrainer:
             model.train(was_training)
         return out
 
+    def recent_items(self, users: Sequence[str] | np.ndarray) -> list[list[str]]:
+        """Each user's kept recent items (oldest first, at most ``maxlen + 1``); ``[]`` for
+        unknown users or users whose state was evicted. Served with the user vector so a
+        client can exclude what the user has just seen."""
+        rows = self._lookup(self._user_rows, _as_str_array("users", users), missing=-1)
+        windows = self._stored_windows(rows)
+        ids = self._item_ids
+        return [[ids[r] for r in window[window > 0].tolist()] for window in windows]
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: tensors and plain Python values only.

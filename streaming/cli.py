@@ -12,6 +12,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from streaming.serving_cli import (
+    add_publish_args,
+    add_recommend,
+    add_snapshots,
+    publisher_from_args,
+)
+
 __all__ = ["main"]
 
 log = logging.getLogger("sevo")
@@ -274,6 +281,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
     store = CheckpointStore(args.checkpoint_dir, keep=args.keep) if args.checkpoint_dir else None
     sink = JsonlDeadLetterSink(args.dead_letters) if args.dead_letters else None
+    publisher = publisher_from_args(args)
     try:
         summary = run_replay(
             source,
@@ -284,6 +292,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             dead_letters=sink,
             progress=not args.no_progress,
             window=args.window,
+            publisher=publisher,
         )
     finally:
         if sink is not None:
@@ -361,6 +370,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dead-letters", type=Path, default=None, help="JSONL file for bad records")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_publish_args(p)
     p.set_defaults(func=_cmd_replay)
 
 
@@ -607,8 +617,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
         elif args.dead_letters:
             sink = JsonlDeadLetterSink(args.dead_letters)
+        publisher = publisher_from_args(args, metrics)
         summary = run_consumer(
-            kafka, trainer, store, loop, dead_letters=sink, stop=stop, metrics=metrics, peers=peers
+            kafka,
+            trainer,
+            store,
+            loop,
+            dead_letters=sink,
+            stop=stop,
+            metrics=metrics,
+            peers=peers,
+            publisher=publisher,
         )
     except StreamingError as exc:  # e.g. the broker stayed unreachable: one clear line
         log.error("%s", exc)
@@ -680,6 +699,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--connect-timeout", type=float, default=30.0, help="seconds to retry a down broker"
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_publish_args(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -692,6 +712,8 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_inspect,
     _add_produce,
     _add_run,
+    add_recommend,
+    add_snapshots,
 ]
 
 

@@ -65,6 +65,7 @@ from streaming.events import DeadLetter, DeadLetterSink, Event, EventBatch, pars
 from streaming.kafka_io import KafkaConfig, KafkaEventSource, parse_position
 from streaming.metrics import EngineMetrics
 from streaming.replay import check_checkpoint_config, summarize_run
+from streaming.serving import EmbeddingPublisher
 
 __all__ = ["BatchReport", "ConsumerConfig", "run_consumer"]
 
@@ -313,6 +314,7 @@ def run_consumer(
     metrics: EngineMetrics | None = None,
     peers: Sequence[CheckpointStore] = (),
     on_batch: Callable[[BatchReport], None] | None = None,
+    publisher: EmbeddingPublisher | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Consume ``kafka.topic`` into ``trainer`` until stopped; return a summary.
@@ -334,6 +336,8 @@ def run_consumer(
         peers: checkpoint stores of the other workers of the group (read only), see the
             module docstring.
         on_batch: called with a :class:`BatchReport` after each non-empty micro-batch.
+        publisher: publishes the trainer's embeddings to Redis (after the restore, every
+            ``publish_every_s`` while events arrive, and at the stop); closed here.
         clock: monotonic clock, injectable.
 
     Returns:
@@ -359,6 +363,10 @@ def run_consumer(
         kafka, positions=pipe.resume_positions, on_revoke=pipe.on_revoke, on_assign=pipe.on_assign
     )
     pipe.source = source
+    applied = dict(pipe.durable)  # next offset per partition reflected by the trainer
+    watermark: float | None = None
+    if publisher is not None and trainer.num_items:
+        publisher.observe(trainer, offsets=applied, force=True)  # serve the restored state
     records_total = events_total = 0
     loss = math.nan
     stopped_by = "stop"
@@ -413,12 +421,27 @@ def run_consumer(
                     applied_at=applied_at,
                 )
                 metrics.graph_nodes.set(trainer.graph.num_nodes)
+                for record in records:
+                    topic, partition, offset = parse_position(record.position)
+                    applied[f"{topic}:{partition}"] = offset + 1
+                if events:
+                    newest = max(e.timestamp for e in events)
+                    watermark = newest if watermark is None else max(watermark, newest)
+                if publisher is not None:
+                    publisher.observe(
+                        trainer,
+                        batch.users if events else (),
+                        watermark=watermark,
+                        offsets=applied,
+                    )
                 if on_batch is not None:
                     on_batch(
                         BatchReport(len(records), events, dead, applied_at, step_s, batch_s, stats)
                     )
                 last_record_t = now = clock()
-            elif config.idle_exit_s is not None:
+            elif publisher is not None:  # a due publish of the last batches' users
+                publisher.observe(trainer, watermark=watermark, offsets=applied)
+            if not records and config.idle_exit_s is not None:
                 since = max(last_record_t, pipe.assigned_at or t_start)
                 allowed = config.idle_exit_s
                 if pipe.assigned_at is None:
@@ -442,6 +465,8 @@ def run_consumer(
         metrics.set_lag(source.lag())
     finally:
         source.close()
+        if publisher is not None:
+            publisher.close(trainer, watermark=watermark, offsets=applied)
     log.info("stopped (%s): %s", stopped_by, metrics.log_line())
     summary = summarize_run(
         trainer,

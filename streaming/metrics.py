@@ -22,6 +22,14 @@ metric                              meaning
 ``sevo_rebalances_total``           partition revocations handled (flush + checkpoint)
 ``sevo_graph_nodes``                rows of the item graph (items + padding)
 ``sevo_graph_nnz``                  stored entries of the item graph (both directions)
+``sevo_publishes_total{kind,        publishes to Redis: kind full|delta|none, outcome
+outcome}``                          ok|error|paused
+``sevo_publish_seconds{kind}``      time of one successful publish (rows + user vectors)
+``sevo_published_rows_total{kind}`` item rows written to Redis
+``sevo_redis_up``                   1 after a successful publish, 0 after a failed one
+``sevo_served_version``             version (and ``sevo_served_delta_seq``: delta sequence)
+                                    of the snapshot this engine published last
+``sevo_publish_age_seconds``        seconds since the last successful publish (NaN: none)
 =================================== =========================================================
 
 Counters count this process only (Prometheus handles restarts); the trainer's lifetime totals
@@ -131,6 +139,29 @@ class EngineMetrics:
         self.rebalances = Counter("rebalances", "Partition revocations handled", **kw)
         self.graph_nodes = Gauge("graph_nodes", "Rows of the item graph", **kw)
         self.graph_nnz = Gauge("graph_nnz", "Stored entries of the item graph", **kw)
+        self.publishes = Counter(
+            "publishes", "Publishes to Redis by kind and outcome", ["kind", "outcome"], **kw
+        )
+        self.publish_seconds = Histogram(
+            "publish_seconds",
+            "Time of one successful publish",
+            ["kind"],
+            buckets=_SECONDS_BUCKETS,
+            **kw,
+        )
+        self.published_rows = Counter(
+            "published_rows", "Item rows written to Redis", ["kind"], **kw
+        )
+        self.redis_up = Gauge("redis_up", "1 after a successful publish, 0 after a failure", **kw)
+        self.served_version = Gauge("served_version", "Version this engine published last", **kw)
+        self.served_delta_seq = Gauge(
+            "served_delta_seq", "Delta sequence this engine published last", **kw
+        )
+        self.publish_age_seconds = Gauge(
+            "publish_age_seconds", "Seconds since the last successful publish", **kw
+        )
+        self.publish_age_seconds.set_function(self._publish_age)
+        self._last_publish: float | None = None
         self._last_checkpoint: float | None = None
         self._lag_partitions: set[str] = set()
         self._lock = threading.Lock()
@@ -185,6 +216,27 @@ class EngineMetrics:
         """The engine resumed from a checkpoint written at ``created`` (unix s)."""
         with self._lock:
             self._last_checkpoint = created
+
+    def record_publish(self, outcome: str, result: Any = None) -> None:
+        """Count one publish attempt (``outcome`` ok|error|paused); ``result`` is the
+        :class:`~streaming.serving.PublishResult` of a successful one."""
+        kind = result.kind if result is not None else "none"
+        self.publishes.labels(kind=kind, outcome=outcome).inc()
+        if outcome == "error":
+            self.redis_up.set(0)
+        elif outcome == "ok" and result is not None:
+            self.redis_up.set(1)
+            self.publish_seconds.labels(kind=kind).observe(result.seconds)
+            self.published_rows.labels(kind=kind).inc(result.rows)
+            self.served_version.set(result.version)
+            self.served_delta_seq.set(result.seq)
+            with self._lock:
+                self._last_publish = self._clock()
+
+    def _publish_age(self) -> float:
+        with self._lock:
+            last = self._last_publish
+        return math.nan if last is None else max(0.0, self._clock() - last)
 
     def record_rebalance(self) -> None:
         self.rebalances.inc()

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from engine.online import OnlineTrainer
 from streaming.checkpoint import Checkpoint, CheckpointStore
 from streaming.events import DeadLetter, DeadLetterSink, EventBatch, parse_records
+from streaming.serving import EmbeddingPublisher
 
 __all__ = ["LogSource", "Prequential", "run_replay"]
 
@@ -309,6 +310,7 @@ def run_replay(
     progress: bool = True,
     k: int = 10,
     window: int = 10_000,
+    publisher: EmbeddingPublisher | None = None,
 ) -> dict[str, Any]:
     """Replay ``source`` through ``trainer``; return a summary.
 
@@ -328,6 +330,8 @@ def run_replay(
         progress: show a tqdm bar.
         k: cut-off of the prequential metrics.
         window: events per prequential reporting window.
+        publisher: publishes the trainer's embeddings to Redis while replaying (every
+            ``publish_every_s`` of wall time and at the end); closed here.
 
     Returns:
         ``{"source", "events", "events_applied", "start_position", "end_position",
@@ -396,6 +400,9 @@ def run_replay(
         desc="replay",
         dynamic_ncols=True,
     )
+    watermark: float | None = None
+    if publisher is not None and trainer.num_items:
+        publisher.observe(trainer, offsets={source.key: start}, force=True)
     try:
         for batch in source:
             if batch.dead_letters:
@@ -419,6 +426,15 @@ def run_replay(
                 events += n
                 since_ckpt += n
                 bar.update(n)
+                newest = float(np.max(batch.times))
+                watermark = newest if watermark is None else max(watermark, newest)
+                if publisher is not None:
+                    publisher.observe(
+                        trainer,
+                        batch.users,
+                        watermark=watermark,
+                        offsets={source.key: source.position()},
+                    )
                 if evaluator is not None and evaluator.count:
                     bar.set_postfix(
                         hr10=f"{evaluator.hits / evaluator.count:.3f}", items=trainer.num_items
@@ -429,6 +445,8 @@ def run_replay(
             save_checkpoint()
     finally:
         bar.close()
+        if publisher is not None:
+            publisher.close(trainer, watermark=watermark, offsets={source.key: source.position()})
 
     return summarize_run(
         trainer,

@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from streaming.errors import ServiceUnavailableError, StreamingError
 
@@ -175,11 +176,15 @@ def redis_command(
     host: str = "127.0.0.1",
     appendonly: bool = False,
     binary: str | None = None,
+    password: str | None = None,
 ) -> list[str]:
     """The argv of a foreground ``redis-server`` on ``host:port`` keeping files in ``data_dir``.
 
-    No RDB snapshots; with ``appendonly`` an AOF fsynced every second (Redis's default).
+    No RDB snapshots; with ``appendonly`` an AOF fsynced every second (Redis's default). A
+    ``password`` becomes ``--requirepass`` (visible in the process list: for tests and local
+    demos; production Redis takes it from its config file).
     """
+    auth = ["--requirepass", password] if password else []
     return [
         binary or redis_binary(),
         "--port",
@@ -196,6 +201,7 @@ def redis_command(
         "no",
         "--logfile",
         "",
+        *auth,
     ]
 
 
@@ -208,6 +214,7 @@ def start_redis(
     appendonly: bool = False,
     binary: str | None = None,
     detach: bool = False,
+    password: str | None = None,
 ) -> subprocess.Popen:
     """Start ``redis-server`` (does not wait; see :func:`wait_for_redis`).
 
@@ -219,9 +226,12 @@ def start_redis(
         appendonly: keep an append-only file, so a restart keeps the data.
         binary: explicit executable; default :func:`redis_binary`.
         detach: start in a new session (deploy scripts).
+        password: require this password (``--requirepass``).
     """
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    argv = redis_command(port, data_dir, host=host, appendonly=appendonly, binary=binary)
+    argv = redis_command(
+        port, data_dir, host=host, appendonly=appendonly, binary=binary, password=password
+    )
     return _spawn(argv, log_path, detach=detach)
 
 
@@ -494,9 +504,10 @@ class RedisService(_LocalService):
     Args:
         appendonly: keep an AOF so that a restart (even after :meth:`kill`) keeps the data;
             may be changed between restarts.
+        password: require this password; :attr:`url` carries it.
 
     Attributes:
-        url: ``"redis://host:port/0"``.
+        url: ``"redis://host:port/0"`` (``"redis://:password@host:port/0"`` with a password).
     """
 
     name = "redis"
@@ -509,15 +520,18 @@ class RedisService(_LocalService):
         host: str = "127.0.0.1",
         appendonly: bool = False,
         binary: str | None = None,
+        password: str | None = None,
     ) -> None:
         super().__init__(port, workdir, host=host)
         self.appendonly = appendonly
+        self.password = password
         self.binary = binary or redis_binary()
         self.data_dir = self.workdir / "data"
 
     @property
     def url(self) -> str:
-        return f"redis://{self.address}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.address}/0"
 
     def _spawn(self) -> subprocess.Popen:
         return start_redis(
@@ -527,6 +541,7 @@ class RedisService(_LocalService):
             host=self.host,
             appendonly=self.appendonly,
             binary=self.binary,
+            password=self.password,
         )
 
     def _wait(self, timeout_s: float) -> None:

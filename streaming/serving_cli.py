@@ -1,0 +1,275 @@
+"""Command-line parts of serving: publishing options of ``sevo run`` / ``sevo replay``,
+``sevo recommend`` and ``sevo snapshots`` (wired into :mod:`streaming.cli`).
+
+The Redis URL defaults to ``$SEVO_REDIS_URL`` and the namespace to ``$SEVO_NAMESPACE`` (else
+``sevo``), so a password need not appear on a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from typing import Any
+
+__all__ = ["add_publish_args", "add_recommend", "add_snapshots", "publisher_from_args"]
+
+log = logging.getLogger("streaming.cli")
+
+
+def _add_location_args(p: argparse.ArgumentParser, *, required_url: bool) -> None:
+    env_url = os.environ.get("SEVO_REDIS_URL")
+    p.add_argument(
+        "--redis-url",
+        default=env_url,
+        required=required_url and env_url is None,
+        help="redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (default $SEVO_REDIS_URL)",
+    )
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("SEVO_NAMESPACE", "sevo"),
+        help="key namespace: several models/environments can share one Redis "
+        "(default $SEVO_NAMESPACE or 'sevo')",
+    )
+
+
+def add_publish_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``sevo run`` and ``sevo replay`` that publish embeddings to Redis."""
+    g = p.add_argument_group(
+        "publishing to Redis",
+        "With --redis-url the item table (full snapshots and deltas) and the touched users' "
+        "vectors are published to Redis from a background thread; training never waits for "
+        "Redis, and a Redis outage is caught up with a full snapshot.",
+    )
+    env_url = os.environ.get("SEVO_REDIS_URL")
+    g.add_argument(
+        "--redis-url",
+        default=env_url,
+        help="publish to this Redis (default $SEVO_REDIS_URL; unset: no publishing)",
+    )
+    g.add_argument(
+        "--namespace",
+        default=os.environ.get("SEVO_NAMESPACE", "sevo"),
+        help="key namespace (default $SEVO_NAMESPACE or 'sevo')",
+    )
+    g.add_argument(
+        "--publish-every", type=float, default=1.0, help="seconds between publishes (deltas)"
+    )
+    g.add_argument("--full-every", type=float, default=300.0, help="seconds between full snapshots")
+    g.add_argument("--keep-versions", type=int, default=5, help="versions kept without expiry")
+    g.add_argument(
+        "--grace", type=float, default=60.0, help="seconds before an old version expires"
+    )
+    g.add_argument(
+        "--user-ttl", type=float, default=7 * 86_400.0, help="seconds a user vector lives"
+    )
+    g.add_argument(
+        "--delta-tolerance",
+        type=float,
+        default=1e-3,
+        help="relative change below which a row is not republished (0: every change)",
+    )
+
+
+def publisher_from_args(args: argparse.Namespace, metrics: Any = None):
+    """An :class:`~streaming.serving.EmbeddingPublisher`, or None without ``--redis-url``."""
+    if not args.redis_url:
+        return None
+    from streaming.serving import EmbeddingPublisher, PublishConfig
+
+    config = PublishConfig(
+        redis_url=args.redis_url,
+        namespace=args.namespace,
+        publish_every_s=args.publish_every,
+        full_every_s=args.full_every,
+        keep_versions=args.keep_versions,
+        grace_s=args.grace,
+        user_ttl_s=args.user_ttl,
+        delta_tolerance=args.delta_tolerance,
+    )
+    return EmbeddingPublisher(config, metrics=metrics)
+
+
+# ---------------------------------------------------------------------- sevo recommend
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    import redis
+
+    from streaming.serving import EmbeddingClient, SnapshotError
+
+    client = EmbeddingClient(args.redis_url, namespace=args.namespace, timeout_s=args.timeout)
+    try:
+        pointer = client.refresh()
+        if pointer is None:
+            log.error("nothing is published in namespace %r", args.namespace)
+            return 1
+        recs = client.recommend(
+            args.user, args.k, exclude=args.exclude or (), exclude_recent=not args.include_recent
+        )
+    except (redis.RedisError, OSError) as exc:
+        log.error("Redis unavailable: %s", exc)
+        return 1
+    except SnapshotError as exc:
+        log.error("%s", exc)
+        return 1
+    found = bool(recs) or client.user_state(args.user) is not None
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "user": args.user,
+                    "known": found,
+                    "version": int(pointer["version"]),
+                    "seq": int(pointer["seq"]),
+                    "items": [{"item": r.item_id, "score": r.score} for r in recs],
+                },
+                indent=1,
+            )
+        )
+    else:
+        if not found:
+            print(f"user {args.user!r} has no served vector (unknown, or its TTL expired)")
+        for rank, r in enumerate(recs, 1):
+            print(f"{rank:>3}  {r.item_id:<24} {r.score:.4f}")
+        print(f"(version {pointer['version']}, delta {pointer['seq']}, namespace {args.namespace})")
+    return 0 if found else 1
+
+
+def add_recommend(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "recommend",
+        help="top-k items for a user from the embeddings served in Redis",
+        description="Reads the user's vector and the current item matrix from Redis and ranks "
+        "items by dot product, excluding the user's recent items. Exit code 1 when the user "
+        "has no served vector.",
+    )
+    _add_location_args(p, required_url=True)
+    p.add_argument("--user", required=True, help="external user id")
+    p.add_argument("-k", type=int, default=10, help="how many items")
+    p.add_argument("--exclude", nargs="*", help="item ids never to return")
+    p.add_argument(
+        "--include-recent", action="store_true", help="do not exclude the user's recent items"
+    )
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per Redis command")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_recommend)
+
+
+# ---------------------------------------------------------------------- sevo snapshots
+def _fmt_time(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _cmd_snapshots(args: argparse.Namespace) -> int:
+    import redis
+
+    from streaming.serving import SnapshotError, SnapshotStore, connect
+
+    store = SnapshotStore(connect(args.redis_url, timeout_s=args.timeout), args.namespace)
+    try:
+        action = args.snapshots_command
+        if action == "list":
+            versions = store.versions()
+            paused = store.paused()
+            if args.json:
+                print(json.dumps({"versions": versions, "paused": paused}, indent=1))
+                return 0
+            if not versions:
+                print(f"no versions in namespace {args.namespace!r}")
+            for v in versions:
+                expiry = (
+                    "" if v["expires_in_s"] is None else f"  expires in {v['expires_in_s']:.0f} s"
+                )
+                print(
+                    f"{'*' if v['current'] else ' '} v{v['version']:<6} {_fmt_time(v['created'])}"
+                    f"  {v['rows']:>8} rows x {v['dim']:<4} {v['model'] or '-':<8}"
+                    f" deltas {v['seq']}{expiry}"
+                )
+            if paused:
+                print(f"publishing paused since {_fmt_time(paused['since'])}: {paused['reason']}")
+            return 0
+        if action == "show":
+            version = args.version
+            if version is None:
+                pointer = store.pointer()
+                if pointer is None:
+                    log.error("nothing is published in namespace %r", args.namespace)
+                    return 1
+                version = int(pointer["version"])
+            meta, head = store.meta(version), store.head(version)
+            if meta is None:
+                log.error("version %s does not exist (never published, or expired)", version)
+                return 1
+            shown = dict(meta, head=head, current_pointer=store.pointer())
+            print(json.dumps(shown, indent=1))
+            return 0
+        if action == "rollback":
+            pointer = store.rollback(args.version, pause=args.pause)
+            if args.json:
+                print(json.dumps(pointer, indent=1))
+            else:
+                note = (
+                    "publishing is paused: `sevo snapshots resume` lets the engine publish again"
+                    if args.pause
+                    else "a running engine's next publish supersedes this (use --pause to hold it)"
+                )
+                print(f"serving version {pointer['version']} (delta {pointer['seq']}); {note}")
+            return 0
+        if action == "pause":
+            store.pause(args.reason)
+            print(f"publishing to namespace {args.namespace!r} paused")
+            return 0
+        if action == "resume":
+            was = store.resume()
+            print(
+                f"publishing to namespace {args.namespace!r} resumed"
+                if was
+                else f"namespace {args.namespace!r} was not paused"
+            )
+            return 0
+        raise AssertionError(action)
+    except (redis.RedisError, OSError) as exc:
+        log.error("Redis unavailable: %s", exc)
+        return 1
+    except SnapshotError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def add_snapshots(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "snapshots",
+        help="list, show, roll back or pause the embedding snapshots served in Redis",
+        description="Administers the versioned snapshots in one namespace. A rollback switches "
+        "the pointer readers use; a running engine keeps training from its live model and its "
+        "next publish supersedes the rollback unless publishing is paused (rollback --pause, "
+        "or pause); after resume the engine writes a full snapshot.",
+    )
+    ssub = p.add_subparsers(dest="snapshots_command", metavar="ACTION", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        _add_location_args(q, required_url=True)
+        q.add_argument("--timeout", type=float, default=2.0, help="seconds per Redis command")
+        q.set_defaults(func=_cmd_snapshots)
+
+    q = ssub.add_parser("list", help="versions, newest first (* = served)")
+    common(q)
+    q.add_argument("--json", action="store_true")
+    q = ssub.add_parser("show", help="metadata of a version (default: the served one)")
+    common(q)
+    q.add_argument("version", type=int, nargs="?", default=None)
+    q = ssub.add_parser("rollback", help="serve an older version (default: the previous one)")
+    common(q)
+    q.add_argument("version", type=int, nargs="?", default=None)
+    q.add_argument(
+        "--pause", action="store_true", help="also pause publishing so the rollback holds"
+    )
+    q.add_argument("--json", action="store_true")
+    q = ssub.add_parser("pause", help="stop engines publishing into this namespace")
+    common(q)
+    q.add_argument("--reason", default="", help="shown by `sevo snapshots list`")
+    q = ssub.add_parser("resume", help="let engines publish again (next publish is full)")
+    common(q)
