@@ -87,6 +87,7 @@ __all__ = [
     "PublishConfig",
     "PublishResult",
     "Recommendation",
+    "ServedSnapshot",
     "SnapshotError",
     "SnapshotStore",
     "SnapshotWriter",
@@ -96,7 +97,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ROW_DTYPE = np.dtype("<f4")
 _INDEX_DTYPE = np.dtype("<i4")
 
@@ -148,7 +149,7 @@ class _Keys:
     def __init__(self, namespace: str) -> None:
         if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
             raise ValueError(
-                f"namespace must be 1-64 characters of letters, digits and _.:- "
+                f"namespace must be 1-128 characters of letters, digits and _.:- "
                 f"(no braces), got {namespace!r}"
             )
         ns = namespace
@@ -989,22 +990,28 @@ class EmbeddingPublisher:
                 self._was_paused = True
                 self._record("paused", None)
                 return
-            if self._was_paused:
+            resumed = self._was_paused
+            if resumed:
                 log.info(
                     "publisher: namespace %s resumed; writing a full snapshot", writer.namespace
                 )
                 self._was_paused = False
-                request.force_full = True
             now = self._clock()
             extra = {"watermark": request.watermark, "offsets": request.offsets}
-            full_due = request.force_full or now - self._last_full >= self.config.full_every_s
             user_ids = list(request.users)
-            if full_due or writer.version is None:
-                reason = (
-                    "first"
-                    if writer.version is None
-                    else ("recovery" if request.force_full else "interval")
-                )
+            if self._failures:
+                reason = "recovery"
+            elif resumed:
+                reason = "resumed"
+            elif writer.version is None:
+                reason = "first"
+            elif request.force_full:
+                reason = "requested"
+            elif now - self._last_full >= self.config.full_every_s:
+                reason = "interval"
+            else:
+                reason = ""
+            if reason:
                 result = writer.publish_full(
                     request.item_ids, request.matrix, model=request.model, reason=reason, **extra
                 )
@@ -1085,6 +1092,15 @@ class EmbeddingPublisher:
 
 
 # ---------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class ServedSnapshot:
+    """A consistent copy of what a client serves (:meth:`EmbeddingClient.snapshot`)."""
+
+    pointer: dict[str, Any]
+    item_ids: list[str]
+    matrix: np.ndarray
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """One recommended item."""
@@ -1264,6 +1280,18 @@ class EmbeddingClient:
         if pointer is None:
             return None
         return {**(self._meta or {}), **pointer}
+
+    def snapshot(self) -> ServedSnapshot | None:
+        """The served state as one consistent copy: pointer, ids and rows read under one
+        refresh (``item_ids()`` and ``item_matrix()`` called one after the other may straddle
+        a publish). None when nothing is published."""
+        pointer = self.refresh()
+        if pointer is None:
+            return None
+        with self._lock:
+            return ServedSnapshot(
+                dict(self._pointer), list(self._ids[: self._n]), self._matrix[: self._n].copy()
+            )
 
     def item_ids(self) -> list[str]:
         """Item ids of the served matrix, in row order (a copy)."""
