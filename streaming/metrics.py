@@ -162,6 +162,7 @@ class EngineMetrics:
         )
         self.publish_age_seconds.set_function(self._publish_age)
         self._last_publish: float | None = None
+        self._redis_down: bool | None = None  # None: never published
         self._last_checkpoint: float | None = None
         self._lag_partitions: set[str] = set()
         self._lock = threading.Lock()
@@ -224,8 +225,10 @@ class EngineMetrics:
         self.publishes.labels(kind=kind, outcome=outcome).inc()
         if outcome == "error":
             self.redis_up.set(0)
+            self._redis_down = True
         elif outcome == "ok" and result is not None:
             self.redis_up.set(1)
+            self._redis_down = False
             self.publish_seconds.labels(kind=kind).observe(result.seconds)
             self.published_rows.labels(kind=kind).inc(result.rows)
             self.served_version.set(result.version)
@@ -304,7 +307,22 @@ class EngineMetrics:
             f"lag {'?' if lag is None else lag}, step {step_ms:.1f} ms, "
             f"checkpoint age {'-' if math.isnan(age) else f'{age:.1f} s'}, graph "
             f"{int(self.value('graph_nodes') or 0)} nodes / {int(self.value('graph_nnz') or 0)} nnz"
+            f"{self._serving_note()}"
         )
+
+    def _serving_note(self) -> str:
+        """``", served v12.3 0.4 s ago"`` (plus ``", REDIS DOWN"`` after a failed publish);
+        empty for engines that never tried to publish."""
+        if self._redis_down is None:
+            return ""
+        note = ", nothing served yet"
+        age = self._publish_age()
+        if not math.isnan(age):
+            version = int(self.value("served_version") or 0)
+            seq = int(self.value("served_delta_seq") or 0)
+            note = f", served v{version}.{seq} {age:.1f} s ago"
+        return note + (", REDIS DOWN" if self._redis_down else "")
+
 
     def maybe_log(self, logger: logging.Logger = log) -> bool:
         """Log :meth:`log_line` at INFO if ``log_every_s`` passed since the last one."""

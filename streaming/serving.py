@@ -23,6 +23,7 @@ share one slot and can be written in one pipeline)::
     {ns}:versions           sorted set: version -> creation time
     {ns}:counter            INCR source of version numbers
     {ns}:paused             present while publishing is paused (JSON: since, reason)
+    {ns}:full-requested     set by ``request_full``; the engine's next publish is full
     {ns}:updates            pub/sub channel; the pointer JSON is published on every switch
     {ns:vV}:meta            JSON metadata of version V (see :meth:`SnapshotWriter.publish_full`)
     {ns:vV}:ids             JSON list of the item ids of rows 0..rows-1
@@ -158,6 +159,7 @@ class _Keys:
         self.versions = f"{{{ns}}}:versions"
         self.counter = f"{{{ns}}}:counter"
         self.paused = f"{{{ns}}}:paused"
+        self.full_requested = f"{{{ns}}}:full-requested"
         self.updates = f"{{{ns}}}:updates"
         self._user_prefix = f"{ns}:user:"
 
@@ -376,6 +378,18 @@ class SnapshotStore:
         """Resume publishing (the engine's next publish is a full snapshot); True if it was
         paused."""
         return bool(self.redis.delete(self.keys.paused))
+
+    def request_full(self) -> None:
+        """Ask the publishing engine for a full snapshot at its next publish (on demand)."""
+        self.redis.set(self.keys.full_requested, _json({"since": time.time()}))
+
+    def _publish_controls(self) -> tuple[dict[str, Any] | None, bool]:
+        """(the pause marker, whether a full snapshot was requested — consumed) in one trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.paused)
+        pipe.getdel(self.keys.full_requested)
+        paused_raw, requested = pipe.execute()
+        return _load_json(paused_raw, "the pause marker"), requested is not None
 
 
 class SnapshotWriter(SnapshotStore):
@@ -853,6 +867,7 @@ class EmbeddingPublisher:
         self._failures = 0
         self._retry_at = -math.inf
         self._was_paused = False
+        self._full_requested = False
         self.results: list[PublishResult] = []  # newest last, at most 1000
         self.errors = 0
         self.last_error: str | None = None
@@ -984,7 +999,10 @@ class EmbeddingPublisher:
     def _publish(self, request: _Request) -> None:
         writer = self.writer
         try:
-            if writer.paused() is not None:
+            paused, requested = writer._publish_controls()
+            if requested:
+                self._full_requested = True
+            if paused is not None:
                 if not self._was_paused:
                     log.warning("publisher: publishing to namespace %s is paused", writer.namespace)
                 self._was_paused = True
@@ -1005,7 +1023,7 @@ class EmbeddingPublisher:
                 reason = "resumed"
             elif writer.version is None:
                 reason = "first"
-            elif request.force_full:
+            elif request.force_full or self._full_requested:
                 reason = "requested"
             elif now - self._last_full >= self.config.full_every_s:
                 reason = "interval"
@@ -1021,6 +1039,7 @@ class EmbeddingPublisher:
                 )
             if result.kind == "full":
                 self._last_full = now
+                self._full_requested = False
             # User vectors after the rows: a reader that sees a user's new vector can also see
             # the rows it was computed with (the pointer switched first).
             n_users = 0

@@ -222,6 +222,10 @@ def _cmd_snapshots(args: argparse.Namespace) -> int:
             store.pause(args.reason)
             print(f"publishing to namespace {args.namespace!r} paused")
             return 0
+        if action == "publish-full":
+            store.request_full()
+            print(f"requested a full snapshot in namespace {args.namespace!r} (next publish)")
+            return 0
         if action == "resume":
             was = store.resume()
             print(
@@ -272,4 +276,8 @@ def add_snapshots(sub: argparse._SubParsersAction) -> None:
     common(q)
     q.add_argument("--reason", default="", help="shown by `sevo snapshots list`")
     q = ssub.add_parser("resume", help="let engines publish again (next publish is full)")
+    common(q)
+    q = ssub.add_parser(
+        "publish-full", help="ask the publishing engine for a full snapshot at its next publish"
+    )
     common(q)

@@ -151,3 +151,19 @@ def test_metrics_move_while_a_consumer_runs(kafka_broker, unique_name, tmp_path)
     assert after["sevo_step_seconds_count"] >= 1 and after["sevo_batch_seconds_sum"] > 0
     assert after["sevo_event_freshness_seconds_count"] == 120
     assert out["summary"]["events"] == 120
+
+
+def test_log_line_shows_the_served_snapshot_and_a_redis_outage():
+    from streaming.serving import PublishResult
+
+    m = EngineMetrics()
+    assert "served" not in m.log_line() and "REDIS" not in m.log_line()
+    m.record_publish("error")
+    assert m.log_line().endswith("nothing served yet, REDIS DOWN")
+    m.record_publish("ok", PublishResult("delta", 3, 2, rows=10, users=1, seconds=0.01))
+    assert m.log_line().endswith("served v3.2 0.0 s ago")
+    assert m.value("published_rows_total", kind="delta") == 10.0
+    assert m.value("redis_up") == 1.0 and m.value("served_version") == 3.0
+    m.record_publish("error")
+    assert m.log_line().endswith("served v3.2 0.0 s ago, REDIS DOWN")
+    assert m.value("publishes_total", kind="none", outcome="error") == 2.0

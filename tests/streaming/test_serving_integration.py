@@ -226,7 +226,19 @@ def test_paused_publishing_holds_a_rollback_until_resume(redis_server, unique_na
         publisher.observe(trainer, users[400:], force=True)
         assert publisher.flush(10)
         assert publisher.results[-1].kind == "full"
+        assert publisher.results[-1].reason == "resumed"
         assert store.pointer()["version"] > max(versions)
+
+        # on demand: the next publish is full even though a delta would do
+        trainer.learn_many(users[:50], items[:50], times[:50] + 1000)
+        publisher.observe(trainer, users[:50], force=True)
+        assert publisher.flush(10) and publisher.results[-1].kind == "delta"
+        assert main(["snapshots", "publish-full", "--redis-url", redis_server,
+                     "--namespace", ns]) == 0  # fmt: skip
+        trainer.learn_many(users[50:100], items[50:100], times[50:100] + 1000)
+        publisher.observe(trainer, users[50:100], force=True)
+        assert publisher.flush(10)
+        assert (publisher.results[-1].kind, publisher.results[-1].reason) == ("full", "requested")
 
 
 def test_replay_cli_publishes_and_recommend_reads(redis_server, unique_name, tmp_path, capsys):
