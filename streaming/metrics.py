@@ -323,7 +323,6 @@ class EngineMetrics:
             note = f", served v{version}.{seq} {age:.1f} s ago"
         return note + (", REDIS DOWN" if self._redis_down else "")
 
-
     def maybe_log(self, logger: logging.Logger = log) -> bool:
         """Log :meth:`log_line` at INFO if ``log_every_s`` passed since the last one."""
         if self._last_log is None:

@@ -773,6 +773,8 @@ class PublishConfig:
         keep_versions, grace_s, user_ttl_s, delta_tolerance, max_chain_factor, chunk_rows:
             see :class:`SnapshotWriter`.
         timeout_s: bound of each Redis command (connect, read, write).
+        max_users_per_publish: user vectors encoded per hand-over at most (bounds the run
+            loop's work in :meth:`EmbeddingPublisher.observe`); the others follow with the next.
         close_timeout_s: how long the final publish at shutdown may take.
         backoff: delay between attempts while Redis is unavailable.
     """
@@ -789,6 +791,7 @@ class PublishConfig:
     chunk_rows: int = 4096
     timeout_s: float = 1.0
     close_timeout_s: float = 10.0
+    max_users_per_publish: int = 5000
     backoff: Backoff = field(default_factory=lambda: ExponentialBackoff(0.2, 2.0, 5.0, jitter=0.2))
 
     def __post_init__(self) -> None:
@@ -796,6 +799,10 @@ class PublishConfig:
         if not isinstance(self.redis_url, str) or "://" not in self.redis_url:
             raise ValueError(
                 f"redis_url must look like redis://host:port/db, got {self.redis_url!r}"
+            )
+        if isinstance(self.max_users_per_publish, bool) or self.max_users_per_publish < 1:
+            raise ValueError(
+                f"max_users_per_publish must be >= 1, got {self.max_users_per_publish!r}"
             )
         for name in ("publish_every_s", "full_every_s", "timeout_s", "close_timeout_s"):
             value = getattr(self, name)
@@ -906,9 +913,11 @@ class EmbeddingPublisher:
         ):
             return False
         self._last_observe = now
-        self._dirty = False
-        touched = sorted(self._touched)
-        self._touched.clear()
+        # Encoding users is the loop's only per-user cost here: bound it per hand-over; the
+        # rest stay touched and go with the next one.
+        touched = sorted(self._touched)[: self.config.max_users_per_publish]
+        self._touched.difference_update(touched)
+        self._dirty = bool(self._touched)
         ids, matrix = trainer.item_matrix()
         users_out: dict[str, tuple[np.ndarray, list[str]]] = {}
         if touched:
@@ -953,7 +962,7 @@ class EmbeddingPublisher:
     ) -> bool:
         """Publish the final state (if ``trainer`` is given), wait up to
         ``close_timeout_s`` for it, and stop the thread. True if everything was written."""
-        if trainer is not None and (self._dirty or self._touched):
+        while trainer is not None and (self._dirty or self._touched):
             self.observe(trainer, watermark=watermark, offsets=offsets, force=True)
         done = self.flush(self.config.close_timeout_s)
         if not done:

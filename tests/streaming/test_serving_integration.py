@@ -312,3 +312,19 @@ def test_consumer_publishes_what_it_learned_with_offsets(
     assert pointer["offsets"] == summary["end_position"]
     assert sum(pointer["offsets"].values()) == 1200
     assert pointer["watermark"] == max(e.timestamp for e in events)
+
+
+def test_user_vectors_per_hand_over_are_bounded_and_the_rest_follow(redis_server, unique_name):
+    ns = unique_name("ns")
+    config = PublishConfig(redis_server, namespace=ns, max_users_per_publish=7)
+    trainer = _trainer()
+    users, items, times = _events(400, users=30)
+    trainer.learn_many(users, items, times)
+    publisher = EmbeddingPublisher(config)
+    assert publisher.observe(trainer, users, force=True)
+    assert publisher.flush(10)
+    assert publisher.results[-1].users == 7
+    assert publisher.close(trainer)  # the other 23 users go with the final hand-overs
+    assert sum(r.users for r in publisher.results) == 30
+    client = EmbeddingClient(redis_server, namespace=ns)
+    assert all(client.user_vector(u) is not None for u in set(users.tolist()))
