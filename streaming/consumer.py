@@ -37,6 +37,12 @@ incarnation and group, and a "zombie" worker that was evicted without noticing (
 process) can still apply records the new owner also applies — Kafka has no fencing for
 consumers; keep ``max_poll_interval_ms`` and the checkpoint time well apart.
 
+**Eviction.** A worker that was evicted (its partitions are *lost*, not revoked: the group
+moved on without it, e.g. after a stall longer than the session timeout) must not checkpoint
+what it applied since its last checkpoint — the next owner resumes from that checkpoint and
+applies those records too. :meth:`_Pipeline.on_lost` therefore reloads the newest durable
+checkpoint (or the initial state) and rewinds; the worker rejoins and resumes from there.
+
 **Back-pressure.** Records are pulled, never pushed: at most ``max_batch`` records are in
 hand at a time, and the next batch is asked for only after the previous one was learned (the
 client's own fetch buffer is bounded by its fetch size settings).
@@ -180,7 +186,10 @@ class _Pipeline:
         self.seconds: Counter[str] = Counter()
         self.checkpoints = 0
         self.rebalances = 0
+        self.reloads = 0
         self.assigned_at: float | None = None
+        self.initial_state: dict[str, Any] | None = None  # to reload without a checkpoint
+        self.applied: dict[str, int] = {}  # next offset per partition reflected by the trainer
 
     # ------------------------------------------------------------------ checkpoints
     def _own_positions(self, offsets: dict[str, int], where: Any) -> dict[str, int]:
@@ -202,6 +211,7 @@ class _Pipeline:
         """Load the newest valid checkpoint into the trainer; returns its version."""
         ckpt = self.store.latest_checkpoint()
         if ckpt is None:
+            self.initial_state = self.trainer.state_dict()
             return None
         offsets = self._own_positions(ckpt.offsets, self.store.directory)
         check_checkpoint_config(ckpt, self.trainer, self.store.directory)
@@ -299,6 +309,37 @@ class _Pipeline:
             )
         log.info("flushed and checkpointed %s before revocation", positions)
 
+    def on_lost(self, positions: dict[str, int]) -> dict[str, int]:
+        """Evicted from the group: reload the newest durable checkpoint (or the initial state)
+        so the events applied since are not kept — the partition's next owner resumes from
+        that checkpoint and applies them. Returns the durable positions to rewind the
+        partitions still owned to. Runs on the client's IO thread (the trainer is quiescent).
+        """
+        self.rebalances += 1
+        self.metrics.record_rebalance()
+        discarded = self.since_checkpoint
+        ckpt = self.store.latest_checkpoint()
+        if ckpt is not None:
+            self.trainer.load_state_dict(ckpt.state)
+            self.counters = Counter(ckpt.meta.get("dead_letters", {}))
+            self.durable = self._own_positions(ckpt.offsets, self.store.directory)
+        else:
+            self.trainer.load_state_dict(self.initial_state)
+            self.counters = Counter()
+            self.durable = {}
+        self.since_checkpoint = 0
+        self.applied.clear()
+        self.applied.update(self.durable)
+        self.reloads += 1
+        log.warning(
+            "partitions %s lost: discarded %d records applied since the last checkpoint "
+            "(their next owner applies them) and reloaded %s",
+            sorted(positions),
+            discarded,
+            "checkpoint " + str(ckpt.version) if ckpt is not None else "the initial state",
+        )
+        return dict(self.durable)
+
     def on_assign(self, starts: dict[str, int | None]) -> None:
         self.assigned_at = self.clock()
 
@@ -360,10 +401,14 @@ def run_consumer(
     resumed = pipe.restore()
     start_positions = dict(pipe.durable)
     source = KafkaEventSource(
-        kafka, positions=pipe.resume_positions, on_revoke=pipe.on_revoke, on_assign=pipe.on_assign
+        kafka,
+        positions=pipe.resume_positions,
+        on_revoke=pipe.on_revoke,
+        on_assign=pipe.on_assign,
+        on_lost=pipe.on_lost,
     )
     pipe.source = source
-    applied = dict(pipe.durable)  # next offset per partition reflected by the trainer
+    pipe.applied = applied = dict(pipe.durable)  # next offset per partition in the trainer
     watermark: float | None = None
     if publisher is not None and trainer.num_items:
         publisher.observe(trainer, offsets=applied, force=True)  # serve the restored state

@@ -319,6 +319,12 @@ class KafkaEventSource:
             :meth:`next_batch`. Not called by :meth:`close`.
         on_assign: optional ``on_assign(starts)`` after partitions are assigned, with the offset
             each starts from (None: the beginning of the log).
+        on_lost: optional ``on_lost(positions) -> rewind`` when partitions are *lost* (this
+            consumer was evicted from the group, KIP-429) instead of ``on_revoke``: another
+            worker may already be reading them from the last durable checkpoint, so the
+            callback should discard the work since that checkpoint (reload it) and return the
+            positions the partitions still owned must rewind to (or None). Without it, a loss
+            is handled like a revocation.
         backoff: connection backoff (default from ``config``).
         clock, sleep: injectable for tests.
 
@@ -334,6 +340,7 @@ class KafkaEventSource:
         positions: PositionsArg = None,
         on_revoke: Callable[[dict[str, int]], None] | None = None,
         on_assign: Callable[[dict[str, int | None]], None] | None = None,
+        on_lost: Callable[[dict[str, int]], dict[str, int] | None] | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -347,6 +354,7 @@ class KafkaEventSource:
         )
         self._on_revoke = on_revoke
         self._on_assign = on_assign
+        self._on_lost = on_lost
         self._clock = clock
         # Next offset after the last record returned, per owned partition (None: not known yet,
         # the partition starts at the beginning of the log).
@@ -466,6 +474,30 @@ class KafkaEventSource:
             )
         else:
             log.info("partitions %s revoked", sorted(_key(tp) for tp in revoked))
+        if lost and self._on_lost is not None:
+            # Evicted: another worker may already own these partitions and resume them from
+            # the last durable checkpoint, so what was applied since must be discarded, not
+            # checkpointed. The callback reloads that checkpoint and says where the partitions
+            # still owned resume from.
+            for tp in revoked:
+                self._positions.pop(tp, None)
+            self._in_callback = True
+            try:
+                rewind = self._on_lost(dict(resume))
+            except BaseException as exc:
+                log.exception("lost-partitions callback %r failed", self._on_lost)
+                if self._callback_error is None:
+                    self._callback_error = exc
+                return
+            finally:
+                self._in_callback = False
+            self._pending = []
+            for tp in list(self._positions):
+                key = _key(tp)
+                if rewind is not None and key in rewind:
+                    self._consumer.seek(tp, rewind[key])
+                    self._positions[tp] = rewind[key]
+            return
         if self._on_revoke is not None:
             ok = self._call(self._on_revoke, dict(resume))
             if not ok:

@@ -516,3 +516,70 @@ def test_replay_equals_produce_then_run(kafka_broker, unique_name, tmp_path, cap
     assert_same_state(a, b)
     assert a["config"] == b["config"]
     assert a["offsets"] == {"file:ml-100k": 2000} and b["offsets"] == {f"{topic}:0": 2000}
+
+
+def test_lost_partitions_reload_the_checkpoint_so_the_next_owner_applies_the_rest(
+    kafka_broker, unique_name, tmp_path
+):
+    """An evicted worker discards what it applied since its checkpoint (instead of
+    checkpointing it), so together with the partition's next owner every event is applied
+    exactly once. kafka-python's loss is simulated by calling the source's listener hooks in
+    the order kafka-python does (lost, then assigned again after the rejoin)."""
+    from streaming.consumer import _Pipeline
+    from streaming.events import EventBatch, parse_records
+
+    topic, group = unique_name("topic"), unique_name("group")
+    ensure_topic(kafka_broker, topic, partitions=1)
+    events = ml100k_events(600)
+    produce_events(kafka_broker, topic, events)
+    kafka = kafka_config(kafka_broker, topic, group)
+    trainer, store = tiny_trainer(), CheckpointStore(tmp_path / "ckpt")
+    pipe = _Pipeline(kafka, trainer, store, [], EngineMetrics(), time.monotonic)
+    pipe.restore()
+    source = KafkaEventSource(
+        kafka,
+        positions=pipe.resume_positions,
+        on_revoke=pipe.on_revoke,
+        on_assign=pipe.on_assign,
+        on_lost=pipe.on_lost,
+    )
+    pipe.source = source
+
+    def learn(count: int) -> int:
+        done = 0
+        deadline = time.monotonic() + 30
+        while done < count and time.monotonic() < deadline:
+            records = source.next_batch(min(100, count - done), timeout_ms=200)
+            raws, where = [r.raw for r in records], [r.position for r in records]
+            good, dead = parse_records(raws, where, now=time.time())
+            assert not dead
+            if good:
+                b = EventBatch.from_events(good)
+                trainer.learn_many(b.users, b.items, b.times, b.weights)
+            done += len(records)
+            pipe.since_checkpoint += len(records)
+        return done
+
+    try:
+        assert learn(200) == 200
+        pipe.checkpoint_and_commit(why="test")
+        assert learn(150) == 150
+        assert trainer.events_applied == 350
+        owned = set(source._consumer.assignment())
+        key = f"{topic}:0"
+
+        source._handle_revoked(owned, lost=True)  # evicted
+        assert trainer.events_applied == 200  # back to the durable checkpoint
+        assert pipe.durable == {key: 200} and pipe.reloads == 1
+        assert store.latest_checkpoint().offsets == {key: 200}  # nothing was checkpointed
+
+        source._handle_assigned(owned)  # rejoined: resumes from the checkpoint
+        assert learn(400) == 400
+    finally:
+        source.close()
+    assert trainer.events_applied == 600
+    reference = tiny_trainer()
+    b = EventBatch.from_events(events)
+    reference.learn_many(b.users, b.items, b.times, b.weights)
+    assert trainer.graph.nnz == reference.graph.nnz
+    assert math.isclose(trainer.graph.total_weight(), reference.graph.total_weight(), rel_tol=1e-9)
