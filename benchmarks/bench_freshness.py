@@ -17,9 +17,11 @@ process:
   ``published_at``), and the poll delay (→ seen);
 * a **user poller** follows a sample of events (``--user-samples``, distinct users spread
   over the run): user freshness = first time :meth:`EmbeddingClient.user_state` shows
-  ``updated`` ≥ the event's send time (``user_fresh``), and first time the event's item is
-  also among the user's served ``recent_items`` (``user_item_visible``, a stricter check:
-  the vector was computed after the event was learned).
+  ``updated`` ≥ the event's send time (``user_fresh``, the definition of the brief: a lower
+  bound, since a publish that started after the send but before the event was learned also
+  passes), and first time ``updated`` ≥ the ``published_at`` of the first pointer that covers
+  the event (``user_reflects``: exact, as the publisher writes a batch's users right after
+  the pointer switch of the publish that covers the batch, stamped with a later time).
 
 Publishes by kind and their durations come from ``publisher.results``. Runs compare
 ``publish_every_s`` values and models (MF is the peer SASRec is compared with). Target:
@@ -110,8 +112,8 @@ def _client(args: argparse.Namespace) -> int:
     changes: list[tuple[float, float, int, int, dict]] = []  # seen, published_at, v, seq, offsets
     polls = [0, 0]  # pointer polls, user-state reads
     user_updated = np.full(len(samples), np.nan)  # seen time: updated >= send time
-    user_item = np.full(len(samples), np.nan)  # seen time: ... and item in recent_items
-    pending: dict[int, tuple[str, str, float]] = {}
+    user_reflects = np.full(len(samples), np.nan)  # seen time: written by a covering publish
+    pending: dict[int, tuple[str, int, float]] = {}
     lock = threading.Lock()
     stop = threading.Event()
     poll_s = args.poll_ms / 1000.0
@@ -141,7 +143,7 @@ def _client(args: argparse.Namespace) -> int:
         while not stop.is_set():
             with lock:
                 todo = list(pending.items())
-            for k, (user, item, sent) in todo:
+            for k, (user, i, sent) in todo:
                 state = reader.user_state(user)
                 seen = time.time()
                 polls[1] += 1
@@ -149,8 +151,14 @@ def _client(args: argparse.Namespace) -> int:
                     continue
                 if np.isnan(user_updated[k]):
                     user_updated[k] = seen
-                if item in state["recent_items"]:
-                    user_item[k] = seen
+                if offset[i] < 0:
+                    continue  # not acknowledged yet
+                key = f"{args.topic}:{partition[i]}"
+                covering = next(
+                    (c[1] for c in list(changes) if c[4].get(key, -1) > offset[i]), None
+                )
+                if covering is not None and state["updated"] >= covering:
+                    user_reflects[k] = seen
                     with lock:
                         pending.pop(k, None)
             stop.wait(poll_s)
@@ -185,7 +193,7 @@ def _client(args: argparse.Namespace) -> int:
             k = sample_of.get(i)
             if k is not None:
                 with lock:
-                    pending[k] = (users[i], items[i], sent)
+                    pending[k] = (users[i], i, sent)
         producer.flush()
         produce_s = time.perf_counter() - start
         # Wait (bounded) until the served pointer covers every event and the sampled users.
@@ -225,7 +233,7 @@ def _client(args: argparse.Namespace) -> int:
         covered=covered,
         sample_index=np.array(samples, dtype=np.int64),
         user_updated=user_updated,
-        user_item=user_item,
+        user_reflects=user_reflects,
     )
     summary = {
         "produced": count - len(failures),
@@ -276,8 +284,8 @@ def _freshness(data) -> dict:
         "user_fresh_s": _pct(
             (data["user_updated"] - send_t[data["sample_index"]])[~np.isnan(data["user_updated"])]
         ),
-        "user_item_visible_s": _pct(
-            (data["user_item"] - send_t[data["sample_index"]])[~np.isnan(data["user_item"])]
+        "user_reflects_s": _pct(
+            (data["user_reflects"] - send_t[data["sample_index"]])[~np.isnan(data["user_reflects"])]
         ),
         "user_samples": int(data["sample_index"].size),
         "pointer_changes": int(seen_t.size),
@@ -325,6 +333,7 @@ def _measure(
     thread: threading.Thread | None = None
     out: dict = {}
     applied: list[np.ndarray] = []
+    span = [np.inf, -np.inf, 0.0]  # first batch fetched, last applied, learn_many seconds
     try:
         if client.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the client process failed to start (exit {client.poll()})")
@@ -342,6 +351,9 @@ def _measure(
         def on_batch(report) -> None:
             times = np.fromiter((e.timestamp for e in report.events), np.float64)
             applied.append(report.applied_at - times)
+            span[0] = min(span[0], report.applied_at - report.batch_s)
+            span[1] = report.applied_at
+            span[2] += report.step_s
 
         kafka = KafkaConfig(
             bootstrap=bootstrap,
@@ -410,7 +422,10 @@ def _measure(
         kind: _pct(np.array([r.seconds for r in results if r.kind == kind]) * 1e3, (50, 99, 100))
         for kind in sorted(kinds)
     }
-    reasons = Counter(r.reason for r in results if r.kind == "full")
+    # "delta chain of 2198 rows for 851" -> "delta chain" (the counts are in delta_rows)
+    reasons = Counter(r.reason.split(" of ")[0] for r in results if r.kind == "full")
+    fulls = [r for r in results if r.kind == "full"]
+    delta_rows = np.array([r.rows for r in results if r.kind == "delta"], dtype=np.float64)
     # Freshness per 5 s window of send time: does it drift (the engine falling behind)?
     windows = []
     if send_t.size:
@@ -432,14 +447,17 @@ def _measure(
         "produced": produced["produced"],
         "producer_rate": produced["produced"] / produced["produce_s"],
         "engine_events": int(lat.size),
-        "engine_events_per_s": float(lat.size / summary["total_s"])
-        if summary.get("total_s")
+        "engine_events_per_s": float(lat.size / (span[1] - span[0]))
+        if span[1] > span[0]
         else float("nan"),
+        "capacity_events_per_s": float(lat.size / span[2]) if span[2] > 0 else float("nan"),
         **fresh,
         "learned_s": _pct(lat),
         "publishes": dict(kinds),
         "full_reasons": dict(reasons),
         "publish_ms": durations,
+        "delta_rows": _pct(delta_rows, (50, 100)),
+        "table_rows_at_last_full": fulls[-1].rows if fulls else None,
         "publish_errors": publisher.errors,
         "pointer_polls": produced["pointer_polls"],
         "user_state_reads": produced["user_state_reads"],
@@ -456,12 +474,13 @@ def _measure(
 def _table(rows: list[dict]) -> str:
     head = (
         "| model | publish_every | events | ev/s sent / engine "
-        "| freshness p50 / p95 / p99 / max (s) | learned p50 / p99 (s) | send→published p99 | user fresh p50 / p99 (n) | "
-        "user item visible p50 / p99 | publishes (full/delta/none) |"
+        "| freshness p50 / p95 / p99 / max (s) | learned p50 / p99 (s) | send→published p99 "
+        "| user fresh p50 / p99 (n) | "
+        "user reflects p50 / p99 (n) | publishes (full/delta/none) |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        f, le, u, ui = r["freshness_s"], r["learned_s"], r["user_fresh_s"], r["user_item_visible_s"]
+        f, le, u, ui = r["freshness_s"], r["learned_s"], r["user_fresh_s"], r["user_reflects_s"]
         p = r["publishes"]
         lines.append(
             f"| {r['model']} | {r['publish_every_s']} s | {r['events']} | "
@@ -469,7 +488,7 @@ def _table(rows: list[dict]) -> str:
             f"{f['p50']:.3f} / {f['p95']:.3f} / {f['p99']:.3f} / {f['max']:.3f} | "
             f"{le['p50']:.3f} / {le['p99']:.3f} | {r['send_to_published_s']['p99']:.3f} | "
             f"{u['p50']:.3f} / {u['p99']:.3f} ({u['n']}/{r['user_samples']}) | "
-            f"{ui['p50']:.3f} / {ui['p99']:.3f} | "
+            f"{ui['p50']:.3f} / {ui['p99']:.3f} ({ui['n']}) | "
             f"{p.get('full', 0)}/{p.get('delta', 0)}/{p.get('none', 0)} |"
         )
     return "\n".join(lines)

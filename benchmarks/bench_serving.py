@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     from streaming.services import RedisService, free_port
 
     rng = np.random.default_rng(args.seed)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         service = RedisService(free_port(), Path(tmp) / "redis")
         service.start()
@@ -397,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             "numpy": np.__version__,
             "redis_py": redis.__version__,
             "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
         },
         "full_publish": full,
         "delta_publish": delta,

@@ -309,3 +309,19 @@ def test_delta_never_points_at_a_lost_base(make_redis_service, unique_name):
             writer.forget()
     assert res.kind == "full"
     np.testing.assert_array_equal(EmbeddingClient(service.url, namespace=ns).item_matrix(), m2)
+
+
+def test_full_snapshot_after_growth_checks_only_new_ids(r, redis_server, unique_name):
+    ns = unique_name("ns")
+    ids, m = _table(30)
+    writer = SnapshotWriter(r, ns)
+    writer.publish_full(ids, m)
+    grown = np.vstack([m, np.ones((2, 8), np.float32)])
+    with pytest.raises(ValueError, match="unique"):
+        writer.publish_full([*ids, "item-3", "z"], grown)  # a new id repeats a published one
+    with pytest.raises(ValueError, match="unique"):
+        writer.publish_full([*ids, "z", "z"], grown)
+    writer.publish_full(np.array([*ids, "y", "z"]), grown)  # any sequence of ids
+    client = EmbeddingClient(redis_server, namespace=ns)
+    assert client.item_ids()[-2:] == ["y", "z"]
+    np.testing.assert_array_equal(client.item_vectors(["z"]), grown[[31]])
