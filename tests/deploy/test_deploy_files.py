@@ -269,9 +269,17 @@ def test_every_sevo_command_in_compose_parses(services, capsys):
             _parse(_as_list(svc["command"]), capsys)
 
 
-def test_engine_command_matches_the_services(services, capsys):
+def _parse_with_env(service: dict, monkeypatch, capsys) -> argparse.Namespace:
+    """Parse the service's command with its environment set (the CLI reads SEVO_* defaults)."""
+    for key, value in (service.get("environment") or {}).items():
+        monkeypatch.setenv(key, str(value))
+    return _parse(_as_list(service["command"]), capsys)
+
+
+def test_engine_command_matches_the_services(services, capsys, monkeypatch):
     engine = services["engine"]
-    args = _parse(_as_list(engine["command"]), capsys)
+    assert "--redis-url" not in _as_list(engine["command"])  # the password stays off argv
+    args = _parse_with_env(engine, monkeypatch, capsys)
     assert args.command == "run"
     assert args.bootstrap == "kafka:9092"
     assert args.topic == "events"
@@ -289,10 +297,11 @@ def test_engine_command_matches_the_services(services, capsys):
     assert f"127.0.0.1:{args.metrics_port}/metrics" in test
 
 
-def test_engine_command_default_namespace_is_prod(compose_text, capsys):
+def test_engine_command_default_namespace_is_prod(compose_text, capsys, monkeypatch):
     doc = interpolate_tree(yaml.safe_load(compose_text), {"REDIS_PASSWORD": "pw"})
-    args = _parse(_as_list(doc["services"]["engine"]["command"]), capsys)
+    args = _parse_with_env(doc["services"]["engine"], monkeypatch, capsys)
     assert args.namespace == "prod"
+    assert args.redis_url == "redis://:pw@redis:6379/0"
 
 
 def test_producer_is_a_demo_profile(services, capsys):
