@@ -586,6 +586,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         batch_timeout_ms=args.batch_timeout_ms,
         max_records=args.max_events,
         idle_exit_s=args.idle_exit,
+        prequential=args.prequential,
+        prequential_window=args.window,
     )
     trainer = OnlineTrainer(_online_config(args))
     store = CheckpointStore(args.checkpoint_dir, keep=args.keep)
@@ -694,6 +696,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="stop after S seconds without new records (tests, demos)",
     )
+    p.add_argument(
+        "--prequential",
+        action="store_true",
+        help="rank each event before learning it; HR@10/NDCG@10 in the summary and metrics",
+    )
+    p.add_argument("--window", type=int, default=10_000, help="events per prequential window")
     p.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
     p.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to retry a down broker"

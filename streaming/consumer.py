@@ -70,7 +70,7 @@ from streaming.checkpoint import CheckpointStore
 from streaming.events import DeadLetter, DeadLetterSink, Event, EventBatch, parse_records
 from streaming.kafka_io import KafkaConfig, KafkaEventSource, parse_position
 from streaming.metrics import EngineMetrics
-from streaming.replay import check_checkpoint_config, summarize_run
+from streaming.replay import Prequential, check_checkpoint_config, summarize_run
 from streaming.serving import EmbeddingPublisher
 
 __all__ = ["BatchReport", "ConsumerConfig", "run_consumer"]
@@ -97,6 +97,9 @@ class ConsumerConfig:
             first assignment at least 30 s are allowed (a group join can take seconds).
         lag_every_s: how often to read the consumer lag for the metrics.
         max_future_s: records timestamped more than this after now are dead letters.
+        prequential: rank each event before learning it (test-then-train) and report
+            HR@10 / NDCG@10 overall, per window of ``prequential_window`` events and per item
+            age; the sums travel in the checkpoint, so they survive restarts.
 
     Raises:
         ValueError: on any invalid setting, naming it.
@@ -110,9 +113,11 @@ class ConsumerConfig:
     idle_exit_s: float | None = None
     lag_every_s: float = 1.0
     max_future_s: float = 86_400.0
+    prequential: bool = False
+    prequential_window: int = 10_000
 
     def __post_init__(self) -> None:
-        for name in ("checkpoint_every_events", "max_batch"):
+        for name in ("checkpoint_every_events", "max_batch", "prequential_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -190,6 +195,8 @@ class _Pipeline:
         self.assigned_at: float | None = None
         self.initial_state: dict[str, Any] | None = None  # to reload without a checkpoint
         self.applied: dict[str, int] = {}  # next offset per partition reflected by the trainer
+        self.prequential_window: int | None = None  # set: evaluate test-then-train
+        self.evaluator: Prequential | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def _own_positions(self, offsets: dict[str, int], where: Any) -> dict[str, int]:
@@ -210,6 +217,7 @@ class _Pipeline:
     def restore(self) -> int | None:
         """Load the newest valid checkpoint into the trainer; returns its version."""
         ckpt = self.store.latest_checkpoint()
+        self._restore_evaluator(ckpt)
         if ckpt is None:
             self.initial_state = self.trainer.state_dict()
             return None
@@ -230,6 +238,14 @@ class _Pipeline:
             self.trainer.events_applied,
         )
         return ckpt.version
+
+    def _restore_evaluator(self, ckpt: Any) -> None:
+        if self.prequential_window is None:
+            return
+        state = ckpt.meta.get("prequential") if ckpt is not None else None
+        self.evaluator = (
+            Prequential.from_state(state) if state else Prequential(window=self.prequential_window)
+        )
 
     def resume_positions(self) -> dict[str, int]:
         """Where newly assigned partitions start: the largest position of each partition in
@@ -258,6 +274,7 @@ class _Pipeline:
             "created_at": created,
             "dead_letters": dict(self.counters),
             "dead_letters_total": int(sum(self.counters.values())),
+            "prequential": None if self.evaluator is None else self.evaluator.state(),
             **summary,
         }
         path = self.store.save(self.trainer.state_dict(), offsets, meta)
@@ -319,6 +336,7 @@ class _Pipeline:
         self.metrics.record_rebalance()
         discarded = self.since_checkpoint
         ckpt = self.store.latest_checkpoint()
+        self._restore_evaluator(ckpt)
         if ckpt is not None:
             self.trainer.load_state_dict(ckpt.state)
             self.counters = Counter(ckpt.meta.get("dead_letters", {}))
@@ -398,6 +416,8 @@ def run_consumer(
     metrics = metrics if metrics is not None else EngineMetrics()
     started = time.perf_counter()
     pipe = _Pipeline(kafka, trainer, store, peers, metrics, clock)
+    if config.prequential:
+        pipe.prequential_window = config.prequential_window
     resumed = pipe.restore()
     start_positions = dict(pipe.durable)
     source = KafkaEventSource(
@@ -444,6 +464,12 @@ def run_consumer(
                 stats, step_s = None, 0.0
                 if events:
                     batch = EventBatch.from_events(events)
+                    if pipe.evaluator is not None:
+                        te = time.perf_counter()
+                        pipe.evaluator.rank_and_update(trainer, batch.users, batch.items)
+                        pipe.seconds["eval"] += time.perf_counter() - te
+                        metrics.set_prequential(pipe.evaluator.hits, pipe.evaluator.ndcg,
+                                                pipe.evaluator.count)  # fmt: skip
                     t1 = time.perf_counter()
                     stats = trainer.learn_many(batch.users, batch.items, batch.times, batch.weights)
                     step_s = time.perf_counter() - t1
@@ -525,6 +551,7 @@ def run_consumer(
         dead_letters=pipe.counters,
         checkpoint=pipe.last_checkpoint,
         loss=loss,
+        prequential=None if pipe.evaluator is None else pipe.evaluator.summary(),
     )
     summary.update(
         records=records_total,

@@ -22,6 +22,8 @@ metric                              meaning
 ``sevo_rebalances_total``           partition revocations handled (flush + checkpoint)
 ``sevo_graph_nodes``                rows of the item graph (items + padding)
 ``sevo_graph_nnz``                  stored entries of the item graph (both directions)
+``sevo_prequential_hr10``           test-then-train HR@10 so far (``sevo run --prequential``);
+                                    ``sevo_prequential_ndcg10`` likewise
 ``sevo_publishes_total{kind,        publishes to Redis: kind full|delta|none, outcome
 outcome}``                          ok|error|paused
 ``sevo_publish_seconds{kind}``      time of one successful publish (rows + user vectors)
@@ -139,6 +141,12 @@ class EngineMetrics:
         self.rebalances = Counter("rebalances", "Partition revocations handled", **kw)
         self.graph_nodes = Gauge("graph_nodes", "Rows of the item graph", **kw)
         self.graph_nnz = Gauge("graph_nnz", "Stored entries of the item graph", **kw)
+        self.prequential_hr = Gauge(
+            "prequential_hr10", "Test-then-train HR@10 over all events ranked", **kw
+        )
+        self.prequential_ndcg = Gauge(
+            "prequential_ndcg10", "Test-then-train NDCG@10 over all events ranked", **kw
+        )
         self.publishes = Counter(
             "publishes", "Publishes to Redis by kind and outcome", ["kind", "outcome"], **kw
         )
@@ -217,6 +225,12 @@ class EngineMetrics:
         """The engine resumed from a checkpoint written at ``created`` (unix s)."""
         with self._lock:
             self._last_checkpoint = created
+
+    def set_prequential(self, hits: float, ndcg: float, count: int) -> None:
+        """Overall test-then-train HR@10 / NDCG@10 from the evaluator's sums."""
+        if count:
+            self.prequential_hr.set(hits / count)
+            self.prequential_ndcg.set(ndcg / count)
 
     def record_publish(self, outcome: str, result: Any = None) -> None:
         """Count one publish attempt (``outcome`` ok|error|paused); ``result`` is the

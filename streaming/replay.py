@@ -255,6 +255,13 @@ class Prequential:
             row[1] += float(hit[sel].sum())
             row[2] += float(gain[sel].sum())
 
+    def rank_and_update(self, trainer: OnlineTrainer, users: np.ndarray, items: np.ndarray) -> None:
+        """Rank a batch with the trainer as it is (before learning it) and add the result."""
+        num_known = trainer.num_items
+        ranks = trainer.rank_before_learning(users, items)
+        ages = trainer.item_event_counts(items) + _rank_within(np.asarray(items))
+        self.update(ranks, num_known, ages)
+
     def summary(self) -> dict[str, Any]:
         k = self.k
 
@@ -413,10 +420,7 @@ def run_replay(
             if n:
                 if evaluator is not None:
                     t = time.perf_counter()
-                    num_known = trainer.num_items
-                    ranks = trainer.rank_before_learning(batch.users, batch.items)
-                    ages = trainer.item_event_counts(batch.items) + _rank_within(batch.items)
-                    evaluator.update(ranks, num_known, ages)
+                    evaluator.rank_and_update(trainer, batch.users, batch.items)
                     seconds["eval"] += time.perf_counter() - t
                 stats = trainer.learn_many(batch.users, batch.items, batch.times, batch.weights)
                 for key, value in stats["seconds"].items():

@@ -180,6 +180,7 @@ def test_kill_9_then_restart_applies_every_event_exactly_once(
         "150",
         "--max-batch",
         "50",
+        "--prequential",
         *TINY_ARGS,
     ]
     log_path = tmp_path / "run1.log"
@@ -228,6 +229,8 @@ def test_kill_9_then_restart_applies_every_event_exactly_once(
 
     after_crash, uninterrupted = inspect(capsys, crashed), inspect(capsys, straight)
     assert after_crash["events_applied"] == 3000, note
+    # test-then-train sums travel in the checkpoint: each event is ranked once in the end
+    assert after_crash["prequential"]["events"] == uninterrupted["prequential"]["events"] == 3000
     assert after_crash["offsets"] == uninterrupted["offsets"] == {f"{topic}:0": 3000}
     assert_same_state(after_crash, uninterrupted)
 
@@ -450,10 +453,11 @@ def test_two_workers_in_one_group_apply_every_event_exactly_once(
 # --------------------------------------------------------------------------- replay == run
 
 
-def test_replay_equals_produce_then_run(kafka_broker, unique_name, tmp_path, capsys):
+def test_replay_equals_produce_then_run(kafka_broker, redis_server, unique_name, tmp_path, capsys):
     """The same log through ``sevo replay`` and through Kafka (1 partition, so the same order)
     gives the same graph and counts. The model weights are not compared: Kafka's micro-batch
-    boundaries depend on fetch timing, and each batch is one optimizer step."""
+    boundaries depend on fetch timing, and each batch is one optimizer step. ``sevo run``
+    also evaluates test-then-train and publishes to Redis here."""
     n = "2000"
     model = ["--model", "sasrec", "--dim", "16", "--maxlen", "20"]
     replayed = tmp_path / "replay"
@@ -509,9 +513,21 @@ def test_replay_equals_produce_then_run(kafka_broker, unique_name, tmp_path, cap
         "3000",
         "--idle-exit",
         "1.5",
+        "--prequential",
+        "--redis-url",
+        redis_server,
+        "--namespace",
+        topic,
         *model,
     )
     assert summary["events"] == 2000 and summary["stopped_by"] == "idle"
+    preq = summary["prequential"]
+    assert preq["events"] == 2000 and 0 < preq["HR@10"] < 1
+    assert sum(w["events"] for w in preq["windows"]) == 2000
+    from streaming.serving import EmbeddingClient
+
+    served = EmbeddingClient(redis_server, namespace=topic).pointer()
+    assert served["offsets"] == {f"{topic}:0": 2000} and served["model"] == "sasrec"
     a, b = inspect(capsys, replayed), inspect(capsys, consumed)
     assert_same_state(a, b)
     assert a["config"] == b["config"]
