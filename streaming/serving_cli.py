@@ -8,10 +8,12 @@ The Redis URL defaults to ``$SEVO_REDIS_URL`` and the namespace to ``$SEVO_NAMES
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["add_publish_args", "add_recommend", "add_snapshots", "publisher_from_args"]
@@ -92,27 +94,40 @@ def publisher_from_args(args: argparse.Namespace, metrics: Any = None):
     return EmbeddingPublisher(config, metrics=metrics)
 
 
-# ---------------------------------------------------------------------- sevo recommend
-def _cmd_recommend(args: argparse.Namespace) -> int:
-    import redis
+def _one_line_errors(command: Callable[[argparse.Namespace], int]):
+    """Redis being unreachable or a snapshot being inconsistent ends a command with one log
+    line and exit code 1, not a trace."""
 
-    from streaming.serving import EmbeddingClient, SnapshotError
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        import redis
+
+        from streaming.serving import SnapshotError
+
+        try:
+            return command(args)
+        except (redis.RedisError, OSError) as exc:
+            log.error("Redis unavailable: %s", exc)
+        except SnapshotError as exc:
+            log.error("%s", exc)
+        return 1
+
+    return run
+
+
+# ---------------------------------------------------------------------- sevo recommend
+@_one_line_errors
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from streaming.serving import EmbeddingClient
 
     client = EmbeddingClient(args.redis_url, namespace=args.namespace, timeout_s=args.timeout)
-    try:
-        pointer = client.refresh()
-        if pointer is None:
-            log.error("nothing is published in namespace %r", args.namespace)
-            return 1
-        recs = client.recommend(
-            args.user, args.k, exclude=args.exclude or (), exclude_recent=not args.include_recent
-        )
-    except (redis.RedisError, OSError) as exc:
-        log.error("Redis unavailable: %s", exc)
+    pointer = client.refresh()
+    if pointer is None:
+        log.error("nothing is published in namespace %r", args.namespace)
         return 1
-    except SnapshotError as exc:
-        log.error("%s", exc)
-        return 1
+    recs = client.recommend(
+        args.user, args.k, exclude=args.exclude or (), exclude_recent=not args.include_recent
+    )
     found = bool(recs) or client.user_state(args.user) is not None
     if args.json:
         print(
@@ -163,84 +178,74 @@ def _fmt_time(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+@_one_line_errors
 def _cmd_snapshots(args: argparse.Namespace) -> int:
-    import redis
-
-    from streaming.serving import SnapshotError, SnapshotStore, connect
+    from streaming.serving import SnapshotStore, connect
 
     store = SnapshotStore(connect(args.redis_url, timeout_s=args.timeout), args.namespace)
-    try:
-        action = args.snapshots_command
-        if action == "list":
-            versions = store.versions()
-            paused = store.paused()
-            if args.json:
-                print(json.dumps({"versions": versions, "paused": paused}, indent=1))
-                return 0
-            if not versions:
-                print(f"no versions in namespace {args.namespace!r}")
-            for v in versions:
-                expiry = (
-                    "" if v["expires_in_s"] is None else f"  expires in {v['expires_in_s']:.0f} s"
-                )
-                print(
-                    f"{'*' if v['current'] else ' '} v{v['version']:<6} {_fmt_time(v['created'])}"
-                    f"  {v['rows']:>8} rows x {v['dim']:<4} {v['model'] or '-':<8}"
-                    f" deltas {v['seq']}{expiry}"
-                )
-            if paused:
-                print(f"publishing paused since {_fmt_time(paused['since'])}: {paused['reason']}")
+    action = args.snapshots_command
+    if action == "list":
+        versions = store.versions()
+        paused = store.paused()
+        if args.json:
+            print(json.dumps({"versions": versions, "paused": paused}, indent=1))
             return 0
-        if action == "show":
-            version = args.version
-            if version is None:
-                pointer = store.pointer()
-                if pointer is None:
-                    log.error("nothing is published in namespace %r", args.namespace)
-                    return 1
-                version = int(pointer["version"])
-            meta, head = store.meta(version), store.head(version)
-            if meta is None:
-                log.error("version %s does not exist (never published, or expired)", version)
-                return 1
-            shown = dict(meta, head=head, current_pointer=store.pointer())
-            print(json.dumps(shown, indent=1))
-            return 0
-        if action == "rollback":
-            pointer = store.rollback(args.version, pause=args.pause)
-            if args.json:
-                print(json.dumps(pointer, indent=1))
-            else:
-                note = (
-                    "publishing is paused: `sevo snapshots resume` lets the engine publish again"
-                    if args.pause
-                    else "a running engine's next publish supersedes this (use --pause to hold it)"
-                )
-                print(f"serving version {pointer['version']} (delta {pointer['seq']}); {note}")
-            return 0
-        if action == "pause":
-            store.pause(args.reason)
-            print(f"publishing to namespace {args.namespace!r} paused")
-            return 0
-        if action == "publish-full":
-            store.request_full()
-            print(f"requested a full snapshot in namespace {args.namespace!r} (next publish)")
-            return 0
-        if action == "resume":
-            was = store.resume()
+        if not versions:
+            print(f"no versions in namespace {args.namespace!r}")
+        for v in versions:
+            expiry = "" if v["expires_in_s"] is None else f"  expires in {v['expires_in_s']:.0f} s"
             print(
-                f"publishing to namespace {args.namespace!r} resumed"
-                if was
-                else f"namespace {args.namespace!r} was not paused"
+                f"{'*' if v['current'] else ' '} v{v['version']:<6} {_fmt_time(v['created'])}"
+                f"  {v['rows']:>8} rows x {v['dim']:<4} {v['model'] or '-':<8}"
+                f" deltas {v['seq']}{expiry}"
             )
-            return 0
-        raise AssertionError(action)
-    except (redis.RedisError, OSError) as exc:
-        log.error("Redis unavailable: %s", exc)
-        return 1
-    except SnapshotError as exc:
-        log.error("%s", exc)
-        return 1
+        if paused:
+            print(f"publishing paused since {_fmt_time(paused['since'])}: {paused['reason']}")
+        return 0
+    if action == "show":
+        version = args.version
+        if version is None:
+            pointer = store.pointer()
+            if pointer is None:
+                log.error("nothing is published in namespace %r", args.namespace)
+                return 1
+            version = int(pointer["version"])
+        meta, head = store.meta(version), store.head(version)
+        if meta is None:
+            log.error("version %s does not exist (never published, or expired)", version)
+            return 1
+        shown = dict(meta, head=head, current_pointer=store.pointer())
+        print(json.dumps(shown, indent=1))
+        return 0
+    if action == "rollback":
+        pointer = store.rollback(args.version, pause=args.pause)
+        if args.json:
+            print(json.dumps(pointer, indent=1))
+        else:
+            note = (
+                "publishing is paused: `sevo snapshots resume` lets the engine publish again"
+                if args.pause
+                else "a running engine's next publish supersedes this (use --pause to hold it)"
+            )
+            print(f"serving version {pointer['version']} (delta {pointer['seq']}); {note}")
+        return 0
+    if action == "pause":
+        store.pause(args.reason)
+        print(f"publishing to namespace {args.namespace!r} paused")
+        return 0
+    if action == "publish-full":
+        store.request_full()
+        print(f"requested a full snapshot in namespace {args.namespace!r} (next publish)")
+        return 0
+    if action == "resume":
+        was = store.resume()
+        print(
+            f"publishing to namespace {args.namespace!r} resumed"
+            if was
+            else f"namespace {args.namespace!r} was not paused"
+        )
+        return 0
+    raise AssertionError(action)
 
 
 def add_snapshots(sub: argparse._SubParsersAction) -> None:

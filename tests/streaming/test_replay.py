@@ -17,13 +17,7 @@ from streaming.replay import LogSource, Prequential, run_replay
 TINY = {"maxlen": 5, "model_overrides": {"dim": 8, "num_blocks": 1}, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_jsonl(path, records):

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
@@ -37,13 +36,7 @@ from streaming.serving import (
 )
 from tests.streaming.test_consumer import FAST_GROUP, ml100k_events
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _digest(matrix: np.ndarray) -> str:
