@@ -32,18 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = 86_400.0
 
 
-def arms(half_life_s: float) -> list[tuple[str, float | None]]:
-    return [
+def arms(half_life_s: float, only_sevo: bool = False) -> list[tuple[str, float | None]]:
+    both = [
         ("adamw", None),
         ("sevo-adamw", None),
         ("adamw", half_life_s),
         ("sevo-adamw", half_life_s),
     ]
+    return [a for a in both if a[0] == "sevo-adamw"] if only_sevo else both
 
 
-def run_name(data: str, optimizer: str, half_life: float | None) -> str:
+def run_name(data: str, optimizer: str, half_life: float | None, beta: float = 0.99) -> str:
     decay = "nodecay" if half_life is None else f"hl{half_life / DAY:g}d"
-    return f"{data}_{optimizer}_{decay}"
+    tag = "" if optimizer == "adamw" or beta == 0.99 else f"_beta{beta:g}"
+    return f"{data}_{optimizer}_{decay}{tag}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--steps-per-batch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sevo-beta", type=float, default=0.99, help="SEvo's β (0.99: the paper)")
+    p.add_argument("--only-sevo", action="store_true", help="skip the AdamW arms")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     for data in datasets:
-        for optimizer, half_life in arms(args.half_life):
-            name = run_name(data, optimizer, half_life)
+        for optimizer, half_life in arms(args.half_life, args.only_sevo):
+            name = run_name(data, optimizer, half_life, args.sevo_beta)
             path = out / "runs" / f"{name}.json"
             if path.exists():
                 results[name] = json.loads(path.read_text())
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model,
                 optimizer=optimizer,
                 half_life=half_life,
+                sevo_beta=args.sevo_beta,
                 lr=args.lr,
                 steps_per_batch=args.steps_per_batch,
                 seed=args.seed,
@@ -113,25 +118,32 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for data in datasets:
-        peer = results.get(run_name(data, "adamw", None))
-        for optimizer, half_life in arms(args.half_life):
-            r = results.get(run_name(data, optimizer, half_life))
+        peer_name = run_name(data, "adamw", None)
+        peer_path = out / "runs" / f"{peer_name}.json"
+        if peer_name not in results and peer_path.exists():  # --only-sevo: the earlier peer
+            results[peer_name] = json.loads(peer_path.read_text())
+        peer = results.get(peer_name)
+        for optimizer, half_life in arms(args.half_life, args.only_sevo):
+            r = results.get(run_name(data, optimizer, half_life, args.sevo_beta))
             if r is None:
                 continue
             pq = r["prequential"]
             ratio = pq["NDCG@10"] / peer["prequential"]["NDCG@10"] if peer else float("nan")
             decay = "none" if half_life is None else f"{half_life / DAY:g} days"
+            label = optimizer if optimizer == "adamw" else f"{optimizer} (β {args.sevo_beta:g})"
             lines.append(
-                f"| {data} | {optimizer} | {decay} | {r['events']} | {pq['HR@10']:.4f} | "
+                f"| {data} | {label} | {decay} | {r['events']} | {pq['HR@10']:.4f} | "
                 f"{pq['NDCG@10']:.4f} | {ratio:.3f}x | {r['events_per_s']:.0f} |"
             )
     table = "\n".join(lines)
     print(table)
-    (out / "summary.md").write_text(table + "\n")
-    (out / "summary.json").write_text(
+    suffix = "" if args.sevo_beta == 0.99 and not args.only_sevo else f"-beta{args.sevo_beta:g}"
+    (out / f"summary{suffix}.md").write_text(table + "\n")
+    (out / f"summary{suffix}.json").write_text(
         json.dumps(
             {
                 "model": args.model,
+                "sevo_beta": args.sevo_beta,
                 "half_life_s": args.half_life,
                 "batch_size": args.batch_size,
                 "lr": args.lr,
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     )
-    print(f"wrote {out / 'summary.md'}")
+    print(f"wrote {out / f'summary{suffix}.md'}")
     return 0
 
 
