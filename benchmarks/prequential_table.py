@@ -32,14 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = 86_400.0
 
 
-def arms(half_life_s: float, only_sevo: bool = False) -> list[tuple[str, float | None]]:
-    both = [
-        ("adamw", None),
-        ("sevo-adamw", None),
-        ("adamw", half_life_s),
-        ("sevo-adamw", half_life_s),
+def arms(half_life_s: float | None, only_sevo: bool = False) -> list[tuple[str, float | None]]:
+    """(optimizer, half-life) pairs; ``half_life_s=None`` leaves out the decay arms."""
+    decays = [None] if half_life_s is None else [None, half_life_s]
+    return [
+        (optimizer, decay)
+        for decay in decays
+        for optimizer in ("adamw", "sevo-adamw")
+        if not (only_sevo and optimizer == "adamw")
     ]
-    return [a for a in both if a[0] == "sevo-adamw"] if only_sevo else both
 
 
 def run_name(data: str, optimizer: str, half_life: float | None, beta: float = 0.99) -> str:
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="ml-100k, first 20k events")
     p.add_argument("--model", default="sasrec", choices=("sasrec", "gru4rec", "mf"))
     p.add_argument("--half-life", type=float, default=30 * DAY, help="seconds (default 30 days)")
+    p.add_argument("--no-decay-arms", action="store_true", help="only the arms without decay")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--steps-per-batch", type=int, default=2)
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    decay_arm = None if args.no_decay_arms else args.half_life
     datasets = ["ml-100k"] if args.quick else args.data
     limit = 20_000 if args.quick else None
     out = args.out or ROOT / (
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     for data in datasets:
-        for optimizer, half_life in arms(args.half_life, args.only_sevo):
+        for optimizer, half_life in arms(decay_arm, args.only_sevo):
             name = run_name(data, optimizer, half_life, args.sevo_beta)
             path = out / "runs" / f"{name}.json"
             if path.exists():
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if peer_name not in results and peer_path.exists():  # --only-sevo: the earlier peer
             results[peer_name] = json.loads(peer_path.read_text())
         peer = results.get(peer_name)
-        for optimizer, half_life in arms(args.half_life, args.only_sevo):
+        for optimizer, half_life in arms(decay_arm, args.only_sevo):
             r = results.get(run_name(data, optimizer, half_life, args.sevo_beta))
             if r is None:
                 continue
