@@ -97,21 +97,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, required=True, help="a reproduce_paper.py --out dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--graph", default="interactions", help="which SEvo run to compare")
+    parser.add_argument(
+        "--model", default="*", help="which model's runs (default: the only one in --runs)"
+    )
     args = parser.parse_args(argv)
     _, split = load_split(args.data)
     if split.item_categories is None:
         raise SystemExit(f"{args.data} has no item categories")
     files = {
-        "AdamW": next((args.runs / "runs").glob(f"*_adamw_none_seed{args.seed}.items.npy"), None),
+        "AdamW": next(
+            (args.runs / "runs").glob(f"*_{args.model}_adamw_none_seed{args.seed}.items.npy"),
+            None,
+        ),
         "SEvo": next(
-            (args.runs / "runs").glob(f"*_sevo-adamw_{args.graph}_seed{args.seed}.items.npy"),
+            (args.runs / "runs").glob(
+                f"*_{args.model}_sevo-adamw_{args.graph}_seed{args.seed}.items.npy"
+            ),
             None,
         ),
     }
     missing = [k for k, v in files.items() if v is None]
     if missing:
         raise SystemExit(f"no saved item matrix for {missing} in {args.runs}/runs")
-    report = {"data": args.data, "seed": args.seed, "graph": args.graph}
+    report = {"data": args.data, "model": args.model, "seed": args.seed, "graph": args.graph}
+    suffix = "" if args.model == "*" else f"-{args.model}"
     mats = {k: np.load(v) for k, v in files.items()}
     # Both runs start from the same initial table (same seed), rebuilt here: the *evolution*
     # E − E0 is what SEvo smooths, and on short runs E is still mostly its random start.
@@ -130,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         report[name] = cohesion(E, split.item_categories)
         report[name]["evolution"] = cohesion(E - E0, split.item_categories)
     print(json.dumps(report, indent=1))
-    (args.runs / "embedding_structure.json").write_text(json.dumps(report, indent=1) + "\n")
+    out_json = args.runs / f"embedding_structure{suffix}.json"
+    out_json.write_text(json.dumps(report, indent=1) + "\n")
     try:
         import matplotlib
 
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(sc, ax=axes, label="main category (rank by frequency)")
-    target = args.runs / "embeddings.png"
+    target = args.runs / f"embeddings{suffix}.png"
     fig.savefig(target, dpi=110)
     print(f"wrote {target}")
     return 0
