@@ -41,6 +41,11 @@ class Smoother:
     Rows of X beyond ``graph.num_nodes`` (e.g. items the graph has not seen yet) are treated as
     isolated nodes.
 
+    A view that also exposes ``inv_sqrt_degree`` and ``adjacency_mm`` (a
+    :class:`~graph_store.GraphSnapshot`) gets the Neumann series with the row scalings of Ã
+    fused into its updates (fewer passes over the table per product; equal up to float32
+    rounding). Other views, and the iterative variant, go through ``propagate``.
+
     Args:
         graph: an :class:`~graph_store.ItemGraph`, a snapshot, or anything with ``propagate``.
         beta: smoothing strength β ∈ [0, 1). β = 0 makes ψ the identity.
@@ -82,6 +87,7 @@ class Smoother:
         self.L = L
         self.variant = variant
         self.passthrough_isolated = bool(passthrough_isolated)
+        self._coefficients = None  # (snapshot, factors) of the fused Neumann path
 
     @property
     def isolated_scale(self) -> float:
@@ -102,6 +108,14 @@ class Smoother:
         beta, L = self.beta, self.L
         X32 = X.detach().to(torch.float32)
         head = X32[:n]  # rows the graph knows; the rest are isolated
+        if self.variant == "neumann" and hasattr(view, "adjacency_mm") and n:
+            S = self._neumann_fused(view, head)
+            if rows == n:
+                return S if X.dtype == torch.float32 else S.to(X.dtype)
+            out = torch.empty_like(X32)
+            out[:n] = S
+            out[n:] = X32[n:] if self.passthrough_isolated else X32[n:] * self.isolated_scale
+            return out.to(X.dtype)
 
         def prop(Y: torch.Tensor) -> torch.Tensor:
             return view.propagate(Y)
@@ -129,6 +143,40 @@ class Smoother:
             if isolated.any():
                 out[:n][isolated] = head[isolated]
         return out.to(X.dtype)
+
+    def _neumann_fused(self, view, head: torch.Tensor) -> torch.Tensor:
+        """ψ(head) for a snapshot exposing ``inv_sqrt_degree`` and ``adjacency_mm``.
+
+        The same series as the generic path, with the row scalings of Ã = D^-1/2 A D^-1/2
+        fused into the updates: with ``R_l = A·Q_{l-1}``, ``Q_0 = s ⊙ X``, the l-th term is
+        ``P_l = β·s ⊙ R_l`` (accumulated with one ``addcmul``) and the next product's input
+        is ``Q_l = s ⊙ P_l = β·s² ⊙ R_l``. Two (n, k) passes per product instead of five; the
+        result equals the generic path up to float32 rounding. The final per-row factor is
+        c, or 1 on isolated rows with ``passthrough_isolated`` (their terms are all zero, so
+        they hold exactly X).
+        """
+        s, beta_s, beta_s2, row_scale = self._fused_coefficients(view)
+        R = view.adjacency_mm(head * s)
+        S = torch.addcmul(head, R, beta_s)
+        for _ in range(self.L - 1):
+            R = view.adjacency_mm(R.mul_(beta_s2))
+            S.addcmul_(R, beta_s)
+        return S.mul_(row_scale)
+
+    def _fused_coefficients(self, view):
+        """(n, 1) factors s, β·s, β·s² and the final row scale, cached per snapshot."""
+        cached = self._coefficients
+        if cached is not None and cached[0] is view:
+            return cached[1]
+        s = view.inv_sqrt_degree.to(torch.float32)
+        c = self.isolated_scale
+        if self.passthrough_isolated:
+            row_scale = torch.where(s == 0, torch.ones_like(s), torch.full_like(s, c))
+        else:
+            row_scale = torch.full_like(s, c)
+        coefficients = (s, s * self.beta, s * s * self.beta, row_scale)
+        self._coefficients = (view, coefficients)
+        return coefficients
 
     def __repr__(self) -> str:
         return (

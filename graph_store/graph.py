@@ -113,11 +113,29 @@ class GraphSnapshot:
             raise ValueError(
                 f"propagate expects X of shape ({self.num_nodes}, k), got {tuple(X.shape)}"
             )
-        X32 = X.detach().to(torch.float32)
-        Y = X32 * self._inv_sqrt_deg  # (n, k)
+        Y = X.detach().to(torch.float32) * self._inv_sqrt_deg  # (n, k)
+        out = self.adjacency_mm(Y).mul_(self._inv_sqrt_deg)
+        return out.squeeze(1) if squeeze else out
+
+    @property
+    def inv_sqrt_degree(self) -> torch.Tensor:
+        """(num_nodes, 1) float32 ``s = (d/c)^-1/2`` (0 for isolated nodes), in the units of
+        :meth:`adjacency_mm`: ``Ã·X = s ⊙ adjacency_mm(s ⊙ X)``. Read-only."""
+        return self._inv_sqrt_deg
+
+    def adjacency_mm(self, Y: torch.Tensor) -> torch.Tensor:
+        """Return ``(A/c)·Y`` as a new float32 tensor, for a float32 ``Y`` of shape (num_nodes, k).
+
+        ``c`` is a global scale chosen at snapshot time (Ã does not depend on it). With
+        :attr:`inv_sqrt_degree` it lets a caller fuse its own row scalings around the product
+        (see :class:`engine.sevo.Smoother`); :meth:`propagate` is the plain composition.
+        """
         nb = self._base.shape[0]  # the base CSR may predate the newest (still isolated) rows
         if self._base._nnz() and nb == self.num_nodes:
-            out = torch.sparse.mm(self._base, Y)  # the common case: no extra (n, k) buffers
+            # The common case. beta=0 into an uninitialised output: addmm ignores its input
+            # then, which saves the zero-fill that torch.sparse.mm does first.
+            out = Y.new_empty(Y.shape)
+            torch.addmm(out, self._base, Y, beta=0.0, out=out)
         else:
             out = torch.zeros_like(Y)
             if self._base._nnz():
@@ -125,9 +143,8 @@ class GraphSnapshot:
         if self._base_ratio != 1.0:
             out[:nb].mul_(self._base_ratio)
         if self._pending is not None:
-            out.add_(torch.sparse.mm(self._pending, Y))
-        out.mul_(self._inv_sqrt_deg)
-        return out.squeeze(1) if squeeze else out
+            out.addmm_(self._pending, Y)  # accumulates in place: no (n, k) temporary
+        return out
 
     def isolated_mask(self) -> torch.Tensor:
         """Boolean (num_nodes,) tensor, True for nodes without edges."""
@@ -150,8 +167,10 @@ class ItemGraph:
         num_nodes: initial number of nodes; ids beyond it grow the graph.
         half_life: seconds after which an edge's effective weight halves; ``None`` disables decay.
         merge_fraction: merge pending increments into the CSR once they exceed this fraction of
-            the base's non-zeros (and at least ``min_merge`` entries).
-        min_merge: lower bound on the pending-buffer size that triggers a merge.
+            the base's non-zeros (and at least ``min_merge`` entries); :meth:`snapshot` merges
+            once they exceed this fraction alone, since each product of a snapshot also runs
+            over the pending part.
+        min_merge: lower bound on the pending-buffer size that triggers a merge on write.
 
     Example:
         >>> g = ItemGraph(3)
@@ -319,8 +338,9 @@ class ItemGraph:
             return
         rows, cols, vals = self._pending_coo()
         delta = sp.csr_matrix((vals, (rows, cols)), shape=(self._n, self._n), dtype=np.float64)
-        merged = (self._base_resized() + delta).tocsr()
-        merged.sum_duplicates()
+        delta.sum_duplicates()  # canonical (small), so the sum below is one linear merge
+        merged = self._base_resized() + delta
+        merged.sum_duplicates()  # no-ops on canonical input; kept as a guarantee
         merged.sort_indices()
         self._base = merged
         self._base_torch = None
@@ -412,11 +432,23 @@ class ItemGraph:
         """An immutable view for readers; cached until the next change."""
         if self._snapshot is not None:
             return self._snapshot
+        if self._pending_nnz > self.merge_fraction * self._base.nnz:
+            # Merge at snapshot time (DESIGN §3) once the buffer passes merge_fraction of the
+            # base, without the min_merge floor that applies to writes: every product of
+            # the snapshot also runs over the pending entries, and they had to be summed
+            # into a CSR of their own at each snapshot, which costs more than an O(nnz)
+            # merge once the buffer is large. A small buffer stays apart (cheap to sum, cheap
+            # to multiply), so a snapshot per micro-batch does not rewrite the whole base.
+            self.merge()
         deg = self._deg[: self._n]
         scale = _degree_scale(deg)
         if self._base_torch is None or self._base_scale / scale < 1e-20:
             self._base_scale = scale
             self._base_torch = _torch_csr(self._base, scale)
+        if self._base_torch.shape[0] < self._n:
+            # Nodes added since the base was built are empty rows and columns of it: padding
+            # the CSR (O(n), values shared) keeps every product a direct one into its output.
+            self._base_torch = _pad_csr(self._base_torch, self._n)
         rows, cols, vals = self._pending_coo()
         pending = None
         if rows.size:
@@ -527,14 +559,27 @@ def _torch_csr(A: sp.csr_matrix, scale: float) -> torch.Tensor:
     A = A.tocsr()
     A.sum_duplicates()
     A.sort_indices()
+    # int32 indices where they fit: torch's MKL product converts int64 ones at every call.
+    index = np.int32 if max(A.shape[0], A.nnz) < np.iinfo(np.int32).max else np.int64
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
-            torch.from_numpy(A.indptr.astype(np.int64)),
-            torch.from_numpy(A.indices.astype(np.int64)),
+            torch.from_numpy(A.indptr.astype(index)),
+            torch.from_numpy(A.indices.astype(index)),
             torch.from_numpy((A.data / scale).astype(np.float32)),
             size=A.shape,
             check_invariants=False,  # scipy produced a canonical CSR
+        )
+
+
+def _pad_csr(A: torch.Tensor, n: int) -> torch.Tensor:
+    """The (n, n) CSR holding ``A`` (square, at most n rows) in its top-left corner."""
+    crow = A.crow_indices()
+    crow = torch.cat([crow, crow[-1:].expand(n - A.shape[0])])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            crow, A.col_indices(), A.values(), size=(n, n), check_invariants=False
         )
 
 

@@ -290,3 +290,27 @@ def test_stacked_group_smooths_users_and_items_on_one_graph():
     opt.step()
     assert users[0].abs().sum() > 0, "the gradient of node 3 spreads to its neighbour, user 0"
     assert torch.all(users[1:] == 0) and torch.all(items[1:] == 0)
+
+
+def test_plain_groups_run_the_fused_kernel_and_match_torch_with_mixed_dtypes():
+    from engine.optim import _kernel_choice
+
+    a = torch.nn.Parameter(torch.randn(5, 3))
+    b = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    steps = [torch.zeros(()), torch.zeros(())]
+    assert _kernel_choice([a], steps[:1]) == {"fused": True}
+    assert _kernel_choice([a, b], steps) == {}, "one dtype per fused call, else torch's default"
+    assert _kernel_choice([a], [torch.zeros((), dtype=torch.float64)]) == {}
+    # Either way the plain group equals torch.optim.AdamW.
+    a2 = torch.nn.Parameter(a.detach().clone())
+    b2 = torch.nn.Parameter(b.detach().clone())
+    ours = SEvoAdamW([{"params": [a, b]}], lr=1e-2, weight_decay=0.1)
+    theirs = torch.optim.AdamW([a2, b2], lr=1e-2, weight_decay=0.1)
+    for t in range(5):
+        gen = torch.Generator().manual_seed(t)
+        ga, gb = torch.randn(5, 3, generator=gen), torch.randn(3, generator=gen).double()
+        for opt, x, y in [(ours, a, b), (theirs, a2, b2)]:
+            x.grad, y.grad = ga.clone(), gb.clone()
+            opt.step()
+        torch.testing.assert_close(a, a2, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, b2, rtol=1e-10, atol=1e-12)

@@ -168,3 +168,55 @@ def test_table_smaller_than_graph_is_an_error():
     g, _ = two_component_graph()
     with pytest.raises(ValueError, match="only 10 rows"):
         Smoother(g)(torch.randn(10, 2))
+
+
+class _PropagateOnly:
+    """A view with only ``propagate``: forces the generic (unfused) Neumann path."""
+
+    def __init__(self, view) -> None:
+        self.view = view
+        self.num_nodes = view.num_nodes
+
+    def propagate(self, X):
+        return self.view.propagate(X)
+
+    def isolated_mask(self):
+        return self.view.isolated_mask()
+
+
+@pytest.mark.parametrize("passthrough", [False, True])
+@pytest.mark.parametrize(("beta", "L"), [(0.99, 3), (0.5, 1), (0.9, 2), (0.8, 5)])
+@pytest.mark.parametrize("extra_rows", [0, 3])
+def test_fused_neumann_path_equals_the_generic_path(passthrough, beta, L, extra_rows):
+    g, _ = two_component_graph(seed=4)
+    g.merge()
+    g.add_edges([3, 20], [5, 21], [0.7, 1.3])  # a pending part next to the base CSR
+    g.grow(33)  # nodes the base CSR predates (isolated)
+    snap = g.snapshot()
+    assert snap._pending is not None and g._base.shape[0] < snap.num_nodes
+    X = torch.randn(33 + extra_rows, 6, generator=torch.Generator().manual_seed(5))
+    fused = Smoother(snap, beta=beta, L=L, passthrough_isolated=passthrough)
+    generic = Smoother(_PropagateOnly(snap), beta=beta, L=L, passthrough_isolated=passthrough)
+    got, expected = fused(X), generic(X)
+    assert got.dtype == X.dtype and got.shape == X.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    isolated = [0, 29, 30, 31, 32, *range(33, 33 + extra_rows)]
+    factor = 1.0 if passthrough else isolated_scale(beta, L)
+    assert torch.equal(got[isolated], X[isolated] * factor), "isolated rows: exact"
+    again = fused(X)  # cached coefficients of the same snapshot
+    assert torch.equal(again, got)
+
+
+def test_fused_path_keeps_float64_tables_and_follows_a_new_snapshot():
+    g, A = two_component_graph(seed=6)
+    psi = Smoother(g)
+    X = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    got = psi(X)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), dense_psi(A, X.numpy(), 0.99, 3), rtol=1e-4, atol=1e-5)
+    g.add_edges([1], [20], [5.0])  # joins the components: the cached factors must not be reused
+    A[1, 20] += 5.0
+    A[20, 1] += 5.0
+    np.testing.assert_allclose(
+        psi(X).numpy(), dense_psi(A, X.numpy(), 0.99, 3), rtol=1e-4, atol=1e-5
+    )

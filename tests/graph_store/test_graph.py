@@ -260,3 +260,53 @@ def test_graph_invariants_hold_for_any_batches(batches, half_life, min_weight, t
         # Spectrum of Ã within [-1, 1]: ‖Ã x‖ ≤ ‖x‖ for a random x.
         x = torch.randn(g.num_nodes, 1, dtype=torch.float32)
         assert g.propagate(x).norm() <= x.norm() * (1 + 1e-4)
+
+
+def test_snapshot_merges_the_pending_buffer_once_it_passes_merge_fraction():
+    rng = np.random.default_rng(7)
+    n = 40
+    # min_merge keeps add_edges from merging: only snapshots do.
+    g = ItemGraph(n, merge_fraction=0.25, min_merge=10**9)
+    A = np.zeros((n, n))
+    src, dst, w = random_edges(rng, n, 200)
+    g.add_edges(src, dst, w)
+    A += dense_from_edges(n, src, dst, w)
+    X = torch.from_numpy(rng.normal(size=(n, 5)).astype(np.float32))
+    snap = g.snapshot()  # pending > 25% of an empty base: merged
+    assert g._pending_nnz == 0 and snap._pending is None
+    np.testing.assert_allclose(
+        snap.propagate(X).numpy(), dense_normalised(A) @ X.numpy(), rtol=1e-5, atol=1e-5
+    )
+    src, dst, w = random_edges(rng, n, 10)
+    g.add_edges(src, dst, w)
+    A += dense_from_edges(n, src, dst, w)
+    snap = g.snapshot()  # a small buffer stays apart: no O(nnz) rewrite for it
+    assert g._pending_nnz > 0 and snap._pending is not None
+    np.testing.assert_allclose(
+        snap.propagate(X).numpy(), dense_normalised(A) @ X.numpy(), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(g.to_scipy().toarray(), A, rtol=1e-12)
+
+
+def test_adjacency_mm_and_inv_sqrt_degree_compose_to_propagate():
+    rng = np.random.default_rng(8)
+    g = ItemGraph(20, half_life=100.0, min_merge=10**9, merge_fraction=10.0)
+    g.add_edges(*random_edges(rng, 18, 60), time=1000.0)
+    g.merge()
+    g.add_edges(*random_edges(rng, 18, 5), time=1300.0)  # pending, in later decay units
+    g.grow(25)
+    snap = g.snapshot()
+    assert snap._pending is not None and g._base.shape[0] < snap.num_nodes
+    assert tuple(snap._base.shape) == (25, 25), "the base CSR is padded to the grown size"
+    X = torch.from_numpy(rng.normal(size=(25, 4)).astype(np.float32))
+    s = snap.inv_sqrt_degree
+    assert s.shape == (25, 1) and s.dtype == torch.float32
+    assert torch.equal(s.view(-1) == 0, snap.isolated_mask())
+    composed = s * snap.adjacency_mm(s * X)
+    torch.testing.assert_close(composed, snap.propagate(X))
+    np.testing.assert_allclose(
+        composed.numpy(),
+        dense_normalised(g.to_scipy().toarray()) @ X.numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
