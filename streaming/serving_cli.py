@@ -57,21 +57,37 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         help="key namespace (default $SEVO_NAMESPACE or 'sevo')",
     )
     g.add_argument(
-        "--publish-every", type=float, default=1.0, help="seconds between publishes (deltas)"
-    )
-    g.add_argument("--full-every", type=float, default=300.0, help="seconds between full snapshots")
-    g.add_argument("--keep-versions", type=int, default=5, help="versions kept without expiry")
-    g.add_argument(
-        "--grace", type=float, default=60.0, help="seconds before an old version expires"
+        "--publish-every",
+        type=float,
+        default=1.0,
+        help="seconds between publishes (deltas; default 1)",
     )
     g.add_argument(
-        "--user-ttl", type=float, default=7 * 86_400.0, help="seconds a user vector lives"
+        "--full-every",
+        type=float,
+        default=300.0,
+        help="seconds between full snapshots (default 300)",
+    )
+    g.add_argument(
+        "--keep-versions", type=int, default=5, help="versions kept without expiry (default 5)"
+    )
+    g.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds before an old version expires (default 60)",
+    )
+    g.add_argument(
+        "--user-ttl",
+        type=float,
+        default=7 * 86_400.0,
+        help="seconds a user vector lives (default 7 days)",
     )
     g.add_argument(
         "--delta-tolerance",
         type=float,
         default=1e-3,
-        help="relative change below which a row is not republished (0: every change)",
+        help="relative change below which a row is not republished (default 1e-3; 0: every change)",
     )
 
 
