@@ -15,13 +15,7 @@ SEQUENTIAL = ["sasrec", "gru4rec", "bert4rec"]
 N_ITEMS, N_USERS, MAXLEN = 30, 40, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(name: str, **overrides) -> Recommender:
