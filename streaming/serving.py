@@ -73,7 +73,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -291,21 +291,12 @@ class SnapshotStore:
         if not entries:
             return []
         current = self.pointer() or {}
-        pipe = self.redis.pipeline(transaction=False)
-        for member, _score in entries:
-            v = int(member)
-            pipe.get(self.keys.meta(v))
-            pipe.get(self.keys.head(v))
-            pipe.pttl(self.keys.meta(v))
-        replies = pipe.execute()
+        records = self._version_records([int(member) for member, _score in entries])
         out = []
-        for i, (member, score) in enumerate(entries):
-            v = int(member)
-            meta_raw, head_raw, pttl = replies[3 * i : 3 * i + 3]
-            if meta_raw is None:
+        for (v, meta, head, pttl), (_member, score) in zip(records, entries):
+            if meta is None:
                 continue  # expired; pruned from the index by the next publish
-            meta = _load_json(meta_raw, f"metadata of version {v}")
-            head = _load_json(head_raw, f"head of version {v}") or {}
+            head = head or {}
             out.append(
                 {
                     "version": v,
@@ -319,6 +310,32 @@ class SnapshotStore:
                 }
             )
         return out
+
+    def _version_records(
+        self, versions: Sequence[int]
+    ) -> list[tuple[int, dict[str, Any] | None, dict[str, Any] | None, int | None]]:
+        """``(version, meta, head, meta's PTTL in ms)`` of each version in one round trip;
+        meta is None for a version whose keys are gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        for v in versions:
+            pipe.get(self.keys.meta(v))
+            pipe.get(self.keys.head(v))
+            pipe.pttl(self.keys.meta(v))
+        replies = pipe.execute()
+        return [
+            (
+                v,
+                _load_json(replies[3 * i], f"metadata of version {v}"),
+                _load_json(replies[3 * i + 1], f"head of version {v}"),
+                replies[3 * i + 2],
+            )
+            for i, v in enumerate(versions)
+        ]
+
+    def _switch(self, pointer: bytes) -> None:
+        """Point readers at ``pointer`` (one SET) and tell subscribers."""
+        self.redis.set(self.keys.current, pointer)
+        self.redis.publish(self.keys.updates, pointer)
 
     # ------------------------------------------------------------------ administration
     def rollback(self, version: int | None = None, *, pause: bool = False) -> dict[str, Any]:
@@ -364,9 +381,7 @@ class SnapshotStore:
         if self.redis.exists(*keys) != len(keys):
             raise SnapshotError(f"version {version} is incomplete (some keys already expired)")
         pointer = dict(head, rolled_back_at=time.time())
-        raw = _json(pointer)
-        self.redis.set(self.keys.current, raw)
-        self.redis.publish(self.keys.updates, raw)
+        self._switch(_json(pointer))
         log.info("namespace %s rolled back to version %d", self.namespace, version)
         return pointer
 
@@ -485,10 +500,6 @@ class SnapshotWriter(SnapshotStore):
             }
         )
 
-    def _switch(self, pointer: bytes) -> None:
-        self.redis.set(self.keys.current, pointer)
-        self.redis.publish(self.keys.updates, pointer)
-
     # ------------------------------------------------------------------ full snapshots
     def publish_full(
         self,
@@ -589,22 +600,14 @@ class SnapshotWriter(SnapshotStore):
         if not old:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for v in old:
-            pipe.get(self.keys.meta(v))
-            pipe.get(self.keys.head(v))
-            pipe.pttl(self.keys.meta(v))
-        replies = pipe.execute()
-        pipe = self.redis.pipeline(transaction=False)
         gone = []
-        for i, v in enumerate(old):
-            meta_raw, head_raw, pttl = replies[3 * i : 3 * i + 3]
-            if meta_raw is None:
+        for v, meta, head, pttl in self._version_records(old):
+            if meta is None:
                 gone.append(str(v))
                 continue
             if pttl is not None and pttl >= 0:
                 continue  # already expiring
-            meta = _load_json(meta_raw, f"metadata of version {v}")
-            head = _load_json(head_raw, f"head of version {v}") or {"seq": 0}
+            head = head or {"seq": 0}
             for key in self.keys.version_keys(v, int(meta["chunks"]), int(head["seq"])):
                 pipe.expire(key, max(1, math.ceil(self.grace_s)))
         if gone:
@@ -843,7 +846,10 @@ class _Request:
     watermark: float | None
     offsets: dict[str, int]
     model: str
-    force_full: bool = False
+
+    def absorb(self, older: _Request) -> None:
+        """Take over the user vectors of an older hand-over not written yet (ours win)."""
+        self.users = {**older.users, **self.users}
 
 
 class EmbeddingPublisher:
@@ -957,10 +963,7 @@ class EmbeddingPublisher:
         )
         with self._cond:
             if self._pending is not None:  # not written yet: keep its users, newest wins
-                merged = self._pending.users
-                merged.update(request.users)
-                request.users = merged
-                request.force_full |= self._pending.force_full
+                request.absorb(self._pending)
             self._pending = request
             self._cond.notify_all()
         return True
@@ -1055,7 +1058,7 @@ class EmbeddingPublisher:
                 reason = "resumed"
             elif writer.version is None:
                 reason = "first"
-            elif request.force_full or self._full_requested:
+            elif self._full_requested:
                 reason = "requested"
             elif now - self._last_full >= self.config.full_every_s:
                 reason = "interval"
@@ -1079,33 +1082,22 @@ class EmbeddingPublisher:
                 vecs = np.stack([request.users[u][0] for u in user_ids])
                 recent = [request.users[u][1] for u in user_ids]
                 n_users = writer.publish_users(user_ids, vecs, recent)
-            result = PublishResult(
-                result.kind,
-                result.version,
-                result.seq,
-                result.rows,
-                n_users,
-                result.seconds,
-                result.reason,
-            )
+            result = replace(result, users=n_users)
         except (redis.RedisError, OSError, SnapshotError) as exc:
             self._failures += 1
             self.errors += 1
             self.last_error = describe_error(exc)
             delay = self.config.backoff.compute(self._failures)
             self._retry_at = self._clock() + delay
-            writer.forget()
             # The newest outputs are retried (unless a newer hand-over arrives), as a full
-            # snapshot: a failed or restarted Redis may have lost earlier writes.
-            request.force_full = True
+            # snapshot (reason "recovery"): a failed or restarted Redis may have lost earlier
+            # writes, so the writer forgets what it published.
+            writer.forget()
             with self._cond:
                 if self._pending is None:
                     self._pending = request
                 else:
-                    users = dict(request.users)
-                    users.update(self._pending.users)
-                    self._pending.users = users
-                    self._pending.force_full = True
+                    self._pending.absorb(request)
             if self._failures == 1:
                 log.warning(
                     "publisher: Redis %s unavailable (%s); training continues, retrying in "
