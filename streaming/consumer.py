@@ -194,7 +194,6 @@ class _Pipeline:
         self.reloads = 0
         self.assigned_at: float | None = None
         self.initial_state: dict[str, Any] | None = None  # to reload without a checkpoint
-        self.applied: dict[str, int] = {}  # next offset per partition reflected by the trainer
         self.prequential_window: int | None = None  # set: evaluate test-then-train
         self.evaluator: Prequential | None = None
 
@@ -217,15 +216,11 @@ class _Pipeline:
     def restore(self) -> int | None:
         """Load the newest valid checkpoint into the trainer; returns its version."""
         ckpt = self.store.latest_checkpoint()
-        self._restore_evaluator(ckpt)
         if ckpt is None:
             self.initial_state = self.trainer.state_dict()
+            self._restore_evaluator(None)
             return None
-        offsets = self._own_positions(ckpt.offsets, self.store.directory)
-        check_checkpoint_config(ckpt, self.trainer, self.store.directory)
-        self.trainer.load_state_dict(ckpt.state)
-        self.counters.update(ckpt.meta.get("dead_letters", {}))
-        self.durable = offsets
+        self._adopt(ckpt)
         self.has_checkpoint = True
         created = ckpt.meta.get("created_at")
         if isinstance(created, (int, float)):
@@ -234,10 +229,24 @@ class _Pipeline:
             "resuming from checkpoint %d in %s at %s (%d events applied)",
             ckpt.version,
             self.store.directory,
-            offsets or "the beginning",
+            self.durable or "the beginning",
             self.trainer.events_applied,
         )
         return ckpt.version
+
+    def _adopt(self, ckpt: Any) -> None:
+        """Make the trainer, counters, evaluator and durable positions those of ``ckpt`` (or
+        of the initial state when it is None)."""
+        if ckpt is None:
+            self.trainer.load_state_dict(self.initial_state)
+            self.counters, self.durable = Counter(), {}
+        else:
+            durable = self._own_positions(ckpt.offsets, self.store.directory)
+            check_checkpoint_config(ckpt, self.trainer, self.store.directory)
+            self.trainer.load_state_dict(ckpt.state)
+            self.counters = Counter(ckpt.meta.get("dead_letters", {}))
+            self.durable = durable
+        self._restore_evaluator(ckpt)
 
     def _restore_evaluator(self, ckpt: Any) -> None:
         if self.prequential_window is None:
@@ -336,18 +345,8 @@ class _Pipeline:
         self.metrics.record_rebalance()
         discarded = self.since_checkpoint
         ckpt = self.store.latest_checkpoint()
-        self._restore_evaluator(ckpt)
-        if ckpt is not None:
-            self.trainer.load_state_dict(ckpt.state)
-            self.counters = Counter(ckpt.meta.get("dead_letters", {}))
-            self.durable = self._own_positions(ckpt.offsets, self.store.directory)
-        else:
-            self.trainer.load_state_dict(self.initial_state)
-            self.counters = Counter()
-            self.durable = {}
+        self._adopt(ckpt)
         self.since_checkpoint = 0
-        self.applied.clear()
-        self.applied.update(self.durable)
         self.reloads += 1
         log.warning(
             "partitions %s lost: discarded %d records applied since the last checkpoint "
@@ -428,10 +427,15 @@ def run_consumer(
         on_lost=pipe.on_lost,
     )
     pipe.source = source
-    pipe.applied = applied = dict(pipe.durable)  # next offset per partition in the trainer
+
+    def reflected() -> dict[str, int]:
+        """Next offset per partition that the trainer's state reflects (as a checkpoint
+        would record it; never blocks on the consumer)."""
+        return {**pipe.durable, **source.positions(resolve=False)}
+
     watermark: float | None = None
     if publisher is not None and trainer.num_items:
-        publisher.observe(trainer, offsets=applied, force=True)  # serve the restored state
+        publisher.observe(trainer, offsets=reflected(), force=True)  # serve the restored state
     records_total = events_total = 0
     loss = math.nan
     stopped_by = "stop"
@@ -464,12 +468,12 @@ def run_consumer(
                 stats, step_s = None, 0.0
                 if events:
                     batch = EventBatch.from_events(events)
-                    if pipe.evaluator is not None:
+                    evaluator = pipe.evaluator
+                    if evaluator is not None:
                         te = time.perf_counter()
-                        pipe.evaluator.rank_and_update(trainer, batch.users, batch.items)
+                        evaluator.rank_and_update(trainer, batch.users, batch.items)
                         pipe.seconds["eval"] += time.perf_counter() - te
-                        metrics.set_prequential(pipe.evaluator.hits, pipe.evaluator.ndcg,
-                                                pipe.evaluator.count)  # fmt: skip
+                        metrics.set_prequential(evaluator.hits, evaluator.ndcg, evaluator.count)
                     t1 = time.perf_counter()
                     stats = trainer.learn_many(batch.users, batch.items, batch.times, batch.weights)
                     step_s = time.perf_counter() - t1
@@ -492,18 +496,15 @@ def run_consumer(
                     applied_at=applied_at,
                 )
                 metrics.graph_nodes.set(trainer.graph.num_nodes)
-                for record in records:
-                    topic, partition, offset = parse_position(record.position)
-                    applied[f"{topic}:{partition}"] = offset + 1
                 if events:
-                    newest = max(e.timestamp for e in events)
+                    newest = float(batch.times.max())
                     watermark = newest if watermark is None else max(watermark, newest)
                 if publisher is not None:
                     publisher.observe(
                         trainer,
                         batch.users if events else (),
                         watermark=watermark,
-                        offsets=applied,
+                        offsets=reflected(),
                     )
                 if on_batch is not None:
                     on_batch(
@@ -511,7 +512,7 @@ def run_consumer(
                     )
                 last_record_t = now = clock()
             elif publisher is not None:  # a due publish of the last batches' users
-                publisher.observe(trainer, watermark=watermark, offsets=applied)
+                publisher.observe(trainer, watermark=watermark, offsets=reflected())
             if not records and config.idle_exit_s is not None:
                 since = max(last_record_t, pipe.assigned_at or t_start)
                 allowed = config.idle_exit_s
@@ -535,9 +536,10 @@ def run_consumer(
             pipe.checkpoint_and_commit(why=stopped_by)
         metrics.set_lag(source.lag())
     finally:
+        final_offsets = reflected()
         source.close()
         if publisher is not None:
-            publisher.close(trainer, watermark=watermark, offsets=applied)
+            publisher.close(trainer, watermark=watermark, offsets=final_offsets)
     log.info("stopped (%s): %s", stopped_by, metrics.log_line())
     summary = summarize_run(
         trainer,

@@ -573,18 +573,19 @@ class KafkaEventSource:
             out.append(SourceRecord(value if value is not None else b"", f"{_key(tp)}:{offset}"))
         return out
 
-    def positions(self) -> dict[str, int]:
+    def positions(self, *, resolve: bool = True) -> dict[str, int]:
         """Resume positions ``{"topic:partition": next_offset}`` of the owned partitions.
 
         The next offset is the one after the last record returned by :meth:`next_batch`, or
         where the partition was started. A partition that started at the beginning of the log
         and has returned nothing yet is resolved through the consumer (skipped when called
         from a rebalance callback, where that would block: a checkpoint without the entry
-        starts it from the beginning, which is the same place).
+        starts it from the beginning, which is the same place). ``resolve=False`` skips that
+        always, for callers on a hot path that must not wait on the broker.
         """
         out: dict[str, int] = {}
         for tp, pos in sorted(self._positions.items()):
-            if pos is None and not self._in_callback and not self._closed:
+            if pos is None and resolve and not self._in_callback and not self._closed:
                 try:
                     pos = self._consumer.position(tp, timeout_ms=self.config.request_timeout_ms)
                 except Exception as exc:  # not resolvable now; the entry stays unknown
