@@ -21,13 +21,19 @@ __all__ = ["add_publish_args", "add_recommend", "add_snapshots", "publisher_from
 log = logging.getLogger("streaming.cli")
 
 
-def _add_location_args(p: argparse.ArgumentParser, *, required_url: bool) -> None:
+def _add_location_args(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required_url: bool
+) -> None:
+    """``--redis-url`` (default ``$SEVO_REDIS_URL``; required only where it is the command's
+    purpose and the variable is unset) and ``--namespace`` (default ``$SEVO_NAMESPACE``)."""
     env_url = os.environ.get("SEVO_REDIS_URL")
     p.add_argument(
         "--redis-url",
         default=env_url,
         required=required_url and env_url is None,
-        help="redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (default $SEVO_REDIS_URL)",
+        help="redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (default $SEVO_REDIS_URL"
+        + ("" if required_url else "; unset: no publishing")
+        + ")",
     )
     p.add_argument(
         "--namespace",
@@ -45,17 +51,7 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         "vectors are published to Redis from a background thread; training never waits for "
         "Redis, and a Redis outage is caught up with a full snapshot.",
     )
-    env_url = os.environ.get("SEVO_REDIS_URL")
-    g.add_argument(
-        "--redis-url",
-        default=env_url,
-        help="publish to this Redis (default $SEVO_REDIS_URL; unset: no publishing)",
-    )
-    g.add_argument(
-        "--namespace",
-        default=os.environ.get("SEVO_NAMESPACE", "sevo"),
-        help="key namespace (default $SEVO_NAMESPACE or 'sevo')",
-    )
+    _add_location_args(g, required_url=False)
     g.add_argument(
         "--publish-every",
         type=float,
