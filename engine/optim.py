@@ -24,6 +24,7 @@ it round-trips through ``torch.save`` / ``torch.load(..., weights_only=True)``;
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -252,6 +253,84 @@ def _adam_direction(m: Tensor, v: Tensor, t: Tensor, beta1: float, beta2: float,
     return m.mul(inv_bias1).div_(denom)
 
 
+def _shared_step(t: Tensor) -> float | None:
+    """The step count every row of a (per-row or scalar) step tensor holds, else None."""
+    if t.numel() == 1:
+        return float(t.reshape(()))
+    lo, hi = torch.aminmax(t)
+    lo = float(lo)
+    return lo if lo == float(hi) else None
+
+
+def _fused_direction_applies(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float, correct: bool
+) -> bool:
+    """Whether torch's fused Adam kernel can compute this table's Δ (:func:`_fused_direction`):
+    a device and floating dtype it supports, shared by the table, its gradient and moments;
+    dense contiguous memory; non-zero betas for the unsampled-row correction (it divides by β).
+    """
+    if p.device.type not in _FUSED_DEVICES or p.dtype not in _FUSED_DTYPES:
+        return False
+    if correct and not (beta1 > 0 and beta2 > 0):
+        return False
+    return p.is_contiguous() and all(
+        x.device == p.device
+        and x.dtype == p.dtype
+        and x.layout == torch.strided
+        and x.shape == p.shape
+        and x.is_contiguous()
+        for x in (g, m, v)
+    )
+
+
+def _fused_direction(
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    t: float,
+    unsampled: Tensor | None,
+    out: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> Tensor:
+    """Update m, v and write Δ into ``out`` with torch's fused Adam kernel, every row at step t.
+
+    The kernel computes ``m ← β1·m + (1−β1)·g`` (likewise v with g²). An unsampled row (g = 0)
+    must get ``m ← β1·m + (1−β1)·m/(1−β1^{t'})``, t' = max(1, t−1), so its m is first
+    multiplied by ``k1 = 1 + (1−β1)/(β1·(1−β1^{t'}))`` (v by k2 with β2): the general path's
+    per-row rescaling, split around the kernel (one broadcast pass over m and one over v, and
+    none when every row is sampled). The kernel's "param" is ``out``, zeroed, with lr = −1 and
+    no weight decay: it leaves ``out = 0 + m̂/(√v̂ + ε) = Δ``.
+    """
+    if unsampled is not None:
+        prev = max(1.0, t - 1.0)
+        for buf, beta in ((m, beta1), (v, beta2)):
+            k_minus_1 = (1.0 - beta) / (beta * (1.0 - beta**prev))
+            buf.mul_(unsampled.to(buf.dtype).mul_(k_minus_1).add_(1.0))  # (N, 1) factors
+    out.zero_()
+    step = torch.tensor(t - 1.0, dtype=torch.float32, device=out.device)  # the kernel adds 1
+    _torch_adam(
+        [out],
+        [g],
+        [m],
+        [v],
+        [],
+        [step],
+        fused=True,
+        amsgrad=False,
+        maximize=False,
+        decoupled_weight_decay=True,
+        lr=-1.0,  # param ← param − lr·m̂/(√v̂ + ε)
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=0.0,
+    )
+    return out
+
+
 # ---------------------------------------------------------------------- SEvo-AdamW
 def sevo_adamw(
     params: list[Tensor],
@@ -266,20 +345,65 @@ def sevo_adamw(
     eps: float,
     weight_decay: float,
     smoother: SmootherFn | None,
+    fused: bool | None = None,
+    workspace: dict[Tensor, Tensor] | None = None,
 ) -> None:
-    """Functional SEvo-AdamW step (see :class:`SEvoAdamW`); mutates params and state in place."""
+    """Functional SEvo-AdamW step (see :class:`SEvoAdamW`); mutates params and state in place.
+
+    Two routes to the same moments and Δ, chosen per table:
+
+    * fused: when all rows of the table are at one step count (always offline; a table that
+      grew mid-training has rows at different counts) and torch has a fused Adam kernel for
+      its device and dtype, one kernel call updates m and v and writes Δ into a reusable
+      buffer (:func:`_fused_direction`): 0.45–0.6× the general route's time on the 12k × 64
+      Amazon Beauty table on CPU, and no full-size temporaries.
+    * general: op by op, with the per-row step tensors.
+
+    ``fused=None`` takes the fused route wherever it applies on CPU tables. Choosing it reads
+    the step counts (and whether any row is unsampled) on the host, which is free on CPU but
+    a synchronisation per step on an accelerator, so there ``None`` keeps the general route
+    and ``fused=True`` opts in. ``fused=False`` always takes the general route; ``fused=True``
+    raises where the fused route does not apply. Both routes compute the same math and agree
+    to float rounding. ``workspace`` (param → buffer) keeps the fused route's Δ buffers
+    between steps; :class:`SEvoAdamW` passes one that is not part of its state.
+    """
     directions = []
-    zero_row_correction = smoother is not None
+    correct = smoother is not None  # the unsampled-row correction of smoothed tables
+    decay = 1.0 - lr * weight_decay
     for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         t.add_(1)
-        decay = 1.0 - lr * weight_decay
         if decay != 1.0:  # multiplying by 1 would be a no-op pass over the table
             p.mul_(decay)
-        if zero_row_correction:
+        # Unsampled rows (an all-zero gradient row) feed their bias-corrected moments.
+        unsampled = (g.abs().amax(dim=1, keepdim=True) == 0) if correct else None  # (N, 1)
+        shared_t = None
+        wanted = fused if fused is not None else p.device.type == "cpu"
+        if wanted and _fused_direction_applies(p, g, m, v, beta1, beta2, correct):
+            shared_t = _shared_step(t)
+        if shared_t is not None:
+            out = workspace.get(p) if workspace is not None else None
+            if out is None or out.shape != p.shape or out.dtype != p.dtype:
+                out = torch.empty_like(p, memory_format=torch.contiguous_format)
+                if workspace is not None:
+                    workspace[p] = out
+            if unsampled is not None and not bool(unsampled.any()):
+                unsampled = None  # every row sampled: no rescaling passes
+            directions.append(
+                _fused_direction(
+                    g, m, v, shared_t, unsampled, out, beta1=beta1, beta2=beta2, eps=eps
+                )
+            )
+            continue
+        if fused:
+            raise RuntimeError(
+                "sevo_adamw(fused=True) needs tables whose rows share one step count, on a "
+                "device and dtype with torch's fused Adam kernel, and non-zero betas"
+            )
+        if unsampled is not None:
             # Unsampled rows have g = 0, so feeding them their bias-corrected moments,
             # m ← β1·m + (1−β1)·m/(1−β1^{t−1}), is a per-row rescaling of m (likewise v). That
             # turns the correction into (N, 1) factors instead of full-size torch.where passes.
-            unsampled = (g.abs().amax(dim=1, keepdim=True) == 0).to(m.dtype)  # (N, 1)
+            unsampled = unsampled.to(m.dtype)
             prev = t.sub(1).clamp_(min=1)
             m_scale = beta1 + unsampled * ((1 - beta1) / (1 - beta1**prev))
             v_scale = beta2 + unsampled * ((1 - beta2) / (1 - beta2**prev))
@@ -338,7 +462,12 @@ class SEvoAdamW(_SmoothedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._adam_family_step(decoupled=True, smoothed_fn=sevo_adamw)
+        # Direction buffers of the fused path, kept between steps; not optimizer state, so
+        # state_dict() is unchanged (and the attribute is rebuilt after unpickling).
+        workspace = self.__dict__.setdefault("_workspace", {})
+        self._adam_family_step(
+            decoupled=True, smoothed_fn=functools.partial(sevo_adamw, workspace=workspace)
+        )
         return loss
 
 

@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +145,57 @@ class GraphSnapshot:
         if self._pending is not None:
             out.addmm_(self._pending, Y)  # accumulates in place: no (n, k) temporary
         return out
+
+    def normalized_adjacency(self, scale: float = 1.0) -> torch.Tensor | None:
+        """``scale·Ã`` (Ã = D^-1/2 A D^-1/2) as one float32 sparse CSR on the snapshot's device,
+        or None while the snapshot keeps pending increments apart from its base CSR.
+
+        A new matrix each call, one pass over the non-zeros (values computed in float64, then
+        rounded once): for a reader that multiplies by the same snapshot many times (offline
+        training smooths with one snapshot at every step), ``Ã·X`` is then a single sparse
+        product with no row scalings around it. The index arrays are shared with the base.
+        """
+        if self._pending is not None:
+            return None
+        base = self._base
+        if base.shape[0] < self.num_nodes:
+            base = _pad_csr(base, self.num_nodes)
+        crow, col = base.crow_indices(), base.col_indices()
+        s = self._inv_sqrt_deg.view(-1).to(torch.float64)
+        rows = torch.repeat_interleave(
+            torch.arange(self.num_nodes, device=s.device), crow.diff().to(torch.int64)
+        )
+        values = base.values().to(torch.float64) * (scale * self._base_ratio)
+        values = values.mul_(s.index_select(0, rows)).mul_(s.index_select(0, col))
+        values = values.to(torch.float32)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                crow, col, values, size=base.shape, check_invariants=False
+            )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the snapshot's tensors live (products take and return tensors there)."""
+        return self._inv_sqrt_deg.device
+
+    def to(self, device: str | torch.device) -> GraphSnapshot:
+        """The same snapshot with its tensors on ``device`` (itself if already there).
+
+        For a fixed graph on an accelerator (offline training): build the snapshot on the CPU
+        once, move it, and smooth on the device at every step without copying the graph again.
+        """
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return replace(
+                self,
+                _base=self._base.to(device),
+                _pending=None if self._pending is None else self._pending.to(device),
+                _inv_sqrt_deg=self._inv_sqrt_deg.to(device),
+            )
 
     def isolated_mask(self) -> torch.Tensor:
         """Boolean (num_nodes,) tensor, True for nodes without edges."""

@@ -314,3 +314,83 @@ def test_plain_groups_run_the_fused_kernel_and_match_torch_with_mixed_dtypes():
             opt.step()
         torch.testing.assert_close(a, a2, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b, b2, rtol=1e-10, atol=1e-12)
+
+
+def _adamw_state(rows: tuple[int, ...], dim: int, seed: int, steps: tuple[int, ...]):
+    """Tables with non-trivial moments and per-row step counts (``steps[i]`` for table i)."""
+    gen = torch.Generator().manual_seed(seed)
+    tables, ms, vs, ts = [], [], [], []
+    for n, t in zip(rows, steps):
+        tables.append(torch.randn(n, dim, generator=gen))
+        ms.append(torch.randn(n, dim, generator=gen) * 0.1)
+        vs.append(torch.rand(n, dim, generator=gen) * 0.01)
+        ts.append(torch.full((n, 1), float(t)))
+    return tables, ms, vs, ts
+
+
+def _sparse_grads(tables, step: int):
+    """Gradients with whole zero rows (unsampled), different ones at every step; at step 2 the
+    second table gets no gradient at all and at step 3 every row is sampled."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    grads = []
+    for i, p in enumerate(tables):
+        g = torch.randn(p.shape, generator=gen)
+        keep = torch.rand(p.shape[0], 1, generator=gen) < 0.4
+        if step == 2 and i == 1:
+            keep[:] = False
+        if step == 3:
+            keep[:] = True
+        grads.append(g * keep)
+    return grads
+
+
+@pytest.mark.parametrize("rows", [(30,), (7, 23)], ids=["one-table", "stacked"])
+def test_fused_route_equals_general_route(rows):
+    """sevo_adamw's fused route (torch's fused Adam kernel into a reused buffer) and its general
+    route give the same params, moments and steps, with unsampled rows and a grown table."""
+    from engine.optim import sevo_adamw
+
+    graph = ring_graph(sum(rows))
+    psi = Smoother(graph, beta=0.9, L=2)
+    hyper = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.98, "eps": 1e-8, "weight_decay": 0.1}
+    runs = {route: _adamw_state(rows, 5, seed=0, steps=(0,) * len(rows)) for route in (1, 0)}
+    workspace: dict = {}
+    for step in range(6):
+        if step == 4:  # a table grows: its new rows start at step 0, so rows now differ
+            graph.grow(sum(rows) + 3)
+            graph.add_edges([sum(rows) - 1, sum(rows)], [sum(rows) + 1, 0])
+            for tables, ms, vs, ts in runs.values():
+                extra = torch.randn(3, 5, generator=torch.Generator().manual_seed(7))
+                tables[-1] = torch.cat([tables[-1], extra])
+                ms[-1], vs[-1] = (
+                    torch.cat([ms[-1], torch.zeros(3, 5)]),
+                    torch.cat([vs[-1], torch.zeros(3, 5)]),
+                )
+                ts[-1] = torch.cat([ts[-1], torch.zeros(3, 1)])
+        grads = _sparse_grads(runs[1][0], step)
+        for route, (tables, ms, vs, ts) in runs.items():
+            fused = bool(route) if step < 4 else None  # after growth: the automatic choice
+            kwargs = {"workspace": workspace} if route else {}
+            sevo_adamw(tables, grads, ms, vs, ts, smoother=psi, fused=fused, **hyper, **kwargs)
+        for fused_part, general_part in zip(runs[1], runs[0]):
+            for a, b in zip(fused_part, general_part):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if len(rows) > 1:  # the table that did not grow still takes the fused route
+        assert workspace[runs[1][0][0]].shape == (rows[0], 5)
+    tables, ms, vs, ts = runs[1]
+    with pytest.raises(RuntimeError, match="rows share one step count"):
+        sevo_adamw(tables, _sparse_grads(tables, 9), ms, vs, ts, smoother=psi, fused=True, **hyper)
+
+
+def test_fused_route_is_not_optimizer_state():
+    """The fused route's buffers live outside the state: state_dict keeps its three tensors."""
+    graph = ring_graph(12)
+    table, dense = tiny_model(3)
+    opt = SEvoAdamW([{"params": [table], "smoother": Smoother(graph)}, {"params": [dense]}])
+    run_steps(opt, table, dense, 2, rows_used=torch.tensor([1, 2, 5]))
+    state = opt.state_dict()["state"]
+    assert set(state[0]) == {"step", "exp_avg", "exp_avg_sq"} and state[0]["step"].shape == (12, 1)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)

@@ -220,3 +220,29 @@ def test_fused_path_keeps_float64_tables_and_follows_a_new_snapshot():
     np.testing.assert_allclose(
         psi(X).numpy(), dense_psi(A, X.numpy(), 0.99, 3), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("passthrough", [False, True])
+@pytest.mark.parametrize(("beta", "L"), [(0.99, 3), (0.5, 1), (0.8, 5)])
+@pytest.mark.parametrize("extra_rows", [0, 3])
+def test_merged_snapshot_horner_path_equals_the_generic_path(passthrough, beta, L, extra_rows):
+    """A snapshot without pending increments hands ψ one normalized CSR (β·Ã); Horner's form
+    over it gives the same ψ as the generic path, and exact isolated rows."""
+    g, A = two_component_graph(seed=8)
+    g.merge()
+    g.grow(33)  # nodes the base CSR predates (isolated)
+    snap = g.snapshot()
+    assert snap._pending is None and snap.normalized_adjacency(beta) is not None
+    X = torch.randn(33 + extra_rows, 6, generator=torch.Generator().manual_seed(9))
+    horner = Smoother(snap, beta=beta, L=L, passthrough_isolated=passthrough)
+    generic = Smoother(_PropagateOnly(snap), beta=beta, L=L, passthrough_isolated=passthrough)
+    got = horner(X)
+    assert got.dtype == X.dtype and got.shape == X.shape
+    torch.testing.assert_close(got, generic(X), rtol=1e-5, atol=1e-6)
+    if not passthrough:
+        dense = dense_psi(A, X[:30].double().numpy(), beta, L)
+        np.testing.assert_allclose(got[:30].numpy(), dense, rtol=1e-4, atol=1e-5)
+    isolated = [0, 29, 30, 31, 32, *range(33, 33 + extra_rows)]
+    factor = 1.0 if passthrough else isolated_scale(beta, L)
+    assert torch.equal(got[isolated], X[isolated] * factor), "isolated rows: exact"
+    assert torch.equal(horner(X), got), "the cached matrix of the same snapshot"

@@ -310,3 +310,21 @@ def test_adjacency_mm_and_inv_sqrt_degree_compose_to_propagate():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_normalized_adjacency_of_a_merged_snapshot():
+    rng = np.random.default_rng(9)
+    g = ItemGraph(20, half_life=100.0)
+    g.add_edges(*random_edges(rng, 18, 60), time=1000.0)
+    g.merge()
+    g.grow(25)  # isolated nodes the base CSR predates
+    snap = g.snapshot()
+    M = snap.normalized_adjacency(0.7)
+    assert M.layout == torch.sparse_csr and M.dtype == torch.float32 and M.shape == (25, 25)
+    np.testing.assert_allclose(
+        M.to_dense().numpy(), 0.7 * dense_normalised(g.to_scipy().toarray()), rtol=1e-6, atol=1e-7
+    )
+    X = torch.from_numpy(rng.normal(size=(25, 3)).astype(np.float32))
+    torch.testing.assert_close(M @ X, 0.7 * snap.propagate(X))
+    g.add_edges([1], [2], time=1100.0)  # a pending part: the store does not merge it for readers
+    assert g.snapshot()._pending is not None and g.snapshot().normalized_adjacency() is None
