@@ -97,6 +97,29 @@ def plot_curves(out: Path) -> Path | None:
     return target
 
 
+def parse_model_options(options: list[str]) -> dict[str, object]:
+    """``["block=query-norm", "attend_padding=true", "dropout=0.4"]`` → typed overrides."""
+    parsed: dict[str, object] = {}
+    for option in options:
+        key, sep, raw = option.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--model-option wants KEY=VALUE, got {option!r}")
+        lowered = raw.lower()
+        value: object
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        parsed[key.replace("-", "_")] = value
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -121,6 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-category-size", type=int, default=500, help="see `sevo offline --help`"
     )
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of every run (e.g. cuda; default cpu)"
+    )
+    parser.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model config field (repeatable), e.g. block=query-norm, "
+        "attend_padding=true, dropout=0.4; runs with options belong in their own --out",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
@@ -130,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     base = OfflineConfig(
         epochs=args.epochs,
         eval_every=args.eval_every,
+        batch_size=args.batch_size,
         max_category_size=args.max_category_size or None,
+        model_overrides=parse_model_options(args.model_option),
+        device=args.device,
     )
     configs = grid_configs(
         base, models=args.models, optimizers=args.optimizers, graphs=args.graphs, seeds=args.seeds

@@ -78,6 +78,7 @@ class OfflineConfig:
     patience: int | None = None
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -92,6 +93,12 @@ class OfflineConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}"
+            ) from exc
 
     @property
     def uses_sevo(self) -> bool:
@@ -193,7 +200,9 @@ def build_optimizer(
         graph = item_graph if len(group) == 1 else bipartite_graph
         if graph is None:
             raise ValueError("a stacked smoothing group needs the bipartite user–item graph")
-        smoother = Smoother(graph, beta=config.sevo_beta, L=config.sevo_steps)
+        # The offline graph never changes: one snapshot, on the model's device, serves every step.
+        view = graph.snapshot().to(group[0].device)
+        smoother = Smoother(view, beta=config.sevo_beta, L=config.sevo_steps)
         groups.append({"params": list(group), "smoother": smoother})
         smoothed_ids.update(id(p) for p in group)
     rest = [p for p in model.parameters() if id(p) not in smoothed_ids]
@@ -222,21 +231,25 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     users = split.eval_users(which)
     targets = split.targets(which)
     ranks = []
     for lo in range(0, users.size, batch_size):
         batch_users = users[lo : lo + batch_size]
         seqs = split.padded_sequences(batch_users, maxlen, which)
-        batch = {"users": torch.from_numpy(batch_users), "seqs": torch.from_numpy(seqs)}
+        batch = {
+            "users": torch.from_numpy(batch_users).to(device),
+            "seqs": torch.from_numpy(seqs).to(device),
+        }
         scores = model.score_all(batch)  # (B, N+1)
         rows, items = split.exclusion_pairs(batch_users, which)
         ranks.append(
             target_ranks(
                 scores,
-                torch.from_numpy(targets[batch_users]),
-                (torch.from_numpy(rows), torch.from_numpy(items)),
-            )
+                torch.from_numpy(targets[batch_users]).to(device),
+                (torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)),
+            ).cpu()
         )
     model.train(was_training)
     all_ranks = torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
@@ -263,17 +276,21 @@ def train_epoch(
 ) -> float:
     """One pass over ``order`` (user indices) in batches; returns the mean training loss."""
     model.train()
-    total_loss = 0.0
+    device = next(model.parameters()).device
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
     for lo in range(0, order.size, config.batch_size):
         users = order[lo : lo + config.batch_size]
         seqs = split.padded_sequences(users, config.maxlen + 1, "train")  # (B, T+1)
-        batch = {"users": torch.from_numpy(users), "seqs": torch.from_numpy(seqs)}
+        batch = {
+            "users": torch.from_numpy(users).to(device, non_blocking=True),
+            "seqs": torch.from_numpy(seqs).to(device, non_blocking=True),
+        }
         loss = model.loss(batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss.detach()) * users.size
-    return total_loss / max(order.size, 1)
+        total_loss += loss.detach() * users.size  # summed on the device: no sync per step
+    return float(total_loss) / max(order.size, 1)
 
 
 def train_offline(
@@ -295,7 +312,10 @@ def train_offline(
         on_eval: called after every validation with the curve point (for partial results).
         keep_model: attach the best model to the result (for embedding analyses).
     """
-    generator = torch.Generator().manual_seed(config.seed)
+    device = torch.device(config.device)
+    # Dropout, negatives and masks draw from a generator on the model's device (a CUDA run is
+    # reproducible run to run, but not bit-equal to a CPU run with the same seed).
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = build_model(
         config.model,
@@ -303,7 +323,7 @@ def train_offline(
         num_users=split.num_users,
         seed=config.seed,
         **config.model_overrides,
-    )
+    ).to(device)
     if hasattr(model, "set_graph"):  # LightGCN carries the training graph inside the model
         model.set_graph(
             np.repeat(np.arange(split.num_users), np.diff(split.train_offsets)),

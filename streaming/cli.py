@@ -183,6 +183,7 @@ def _cmd_offline(args: argparse.Namespace) -> int:
         patience=args.patience,
         category_weight=args.category_weight,
         max_category_size=args.max_category_size or None,
+        device=args.device,
     )
     configs = grid_configs(
         base, models=args.model, optimizers=args.optimizer, graphs=args.graph, seeds=args.seeds
@@ -259,6 +260,9 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--core", type=int, default=5, help="k-core filter (0 disables)")
     p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--device", default="cpu", help="torch device for training and evaluation (e.g. cuda)"
+    )
     p.add_argument("--out", type=Path, default=Path("results/offline"))
     p.add_argument("--no-resume", action="store_true", help="re-run finished runs")
     p.add_argument("--no-progress", action="store_true")

@@ -54,6 +54,22 @@ def _first_users(split, max_users: int):
     )
 
 
+def same_experiment(saved: dict[str, Any] | None, config: OfflineConfig) -> bool:
+    """Whether a finished run's saved config is ``config``'s experiment.
+
+    Fields added to :class:`OfflineConfig` after the run was saved count as their defaults, and
+    the device does not count (a run finished on a GPU is reused by a CPU rerun, and back).
+    """
+    if saved is None:
+        return False
+    defaults = json.loads(json.dumps(asdict(OfflineConfig())))
+    current = json.loads(json.dumps(asdict(config)))
+    filled = json.loads(json.dumps({**defaults, **saved}))
+    for fields in (filled, current):
+        fields.pop("device", None)
+    return filled == current
+
+
 def run_name(dataset: str, config: OfflineConfig) -> str:
     graph = config.graph if config.uses_sevo else "none"
     return f"{dataset}_{config.model}_{config.optimizer}_{graph}_seed{config.seed}"
@@ -88,7 +104,7 @@ def run_grid(
         final = runs_dir / f"{name}.json"
         if resume and final.exists():
             previous = json.loads(final.read_text())
-            if previous.get("config") == json.loads(json.dumps(asdict(config))):
+            if same_experiment(previous.get("config"), config):
                 log.info("%s: already done, loaded %s", name, final)
                 results.append(previous)
                 continue
@@ -111,7 +127,7 @@ def run_grid(
         )
         if save_embeddings and run.model is not None:
             buffer = io.BytesIO()
-            np.save(buffer, run.model.item_output_weight().detach().float().numpy())
+            np.save(buffer, run.model.item_output_weight().detach().float().cpu().numpy())
             atomic_write_bytes(runs_dir / f"{name}.items.npy", buffer.getvalue())
         result = run.to_json()
         _write_json(final, result)

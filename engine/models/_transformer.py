@@ -1,10 +1,24 @@
 """Pre-LN self-attention encoder shared by SASRec (causal) and BERT4Rec (bidirectional).
 
-Block (the ``norm_first`` path of SASRec.pytorch)::
+Two block styles. ``"pre-ln"`` (the ``norm_first`` path of SASRec.pytorch, the default)::
 
     x = x + Attn(LN(x))                          # attention-weight dropout inside Attn
     x = x + Drop(W2 · Drop(act(W1 · LN(x))))     # point-wise feed-forward
     out = LN_final(x), padded positions = 0      # SASRec's timeline mask
+
+``"query-norm"`` (the SASRec of the SEvo authors' code, whose numbers the paper reports)::
+
+    x = x + Attn(q = LN(x), k = v = x)           # only the query is normalised
+    y = LN(x);  x = y + Drop(W2 · Drop(act(W1 · y)))   # feed-forward residual on its input
+    out = LN_final(x), padded positions = 0
+
+**Padded keys.** By default a padded key is masked out of every query. With ``attend_padding``
+padded keys take part as they do in SASRec.pytorch and the SEvo code (``nn.MultiheadAttention``
+with only a causal mask over inputs left-padded to ``maxlen``): each of the ``maxlen − len``
+padded positions holds the zero vector, so they all carry the same key and value, and they are
+computed exactly as *one* extra key per sequence whose logit is raised by ``log(maxlen − len)``.
+The model then sees how much of its window is empty — a short history spreads attention onto
+the padding and damps the attention output.
 
 **Padding never leaks into real positions.** A padded key is masked out of every query, and
 positions are counted from the right end (:func:`recency_positions`), so the output at a real
@@ -33,6 +47,7 @@ from torch import Tensor, nn
 from engine.models.base import dropout
 
 __all__ = [
+    "BLOCK_STYLES",
     "Layout",
     "SelfAttention",
     "TransformerBlock",
@@ -91,16 +106,31 @@ class Layout:
         width: the original ``T``.
         index: ``(M,)`` flat indices of the real tokens in ``(B * T')``, row-major.
         bias: ``(B, 1, T', T')`` additive attention mask (see :func:`attention_mask`).
+        pad_bias: ``(B, 1, 1, 1)`` additive logit of the one key that stands for the row's
+            padded positions, ``log(pad_to − len)`` (``-inf`` for a full row); ``None`` when
+            padded keys are masked (the default).
     """
 
     seqs: Tensor
     width: int
     index: Tensor
     bias: Tensor
+    pad_bias: Tensor | None = None
 
     @classmethod
-    def from_seqs(cls, seqs: Tensor, causal: bool, dtype: torch.dtype | None = None) -> Layout:
-        """Layout of a left-padded ``(B, T)`` batch; ``dtype`` is the attention mask's."""
+    def from_seqs(
+        cls,
+        seqs: Tensor,
+        causal: bool,
+        dtype: torch.dtype | None = None,
+        *,
+        pad_to: int | None = None,
+    ) -> Layout:
+        """Layout of a left-padded ``(B, T)`` batch; ``dtype`` is the attention mask's.
+
+        ``pad_to`` makes padded keys attendable as if every row were left-padded to that width
+        (see the module docstring); ``None`` masks them.
+        """
         T = seqs.shape[1]
         nonpad = seqs != 0  # (B, T)
         used = nonpad.any(0)  # (T,)
@@ -108,7 +138,12 @@ class Layout:
         trimmed = seqs[:, first:]  # (B, T')
         nonpad = nonpad[:, first:]  # (B, T')
         index = nonpad.reshape(-1).nonzero().squeeze(1)  # (M,)
-        return cls(trimmed, T, index, attention_mask(nonpad, causal, dtype))
+        pad_bias = None
+        if pad_to is not None:
+            pads = (pad_to - nonpad.sum(1)).clamp_(min=0)  # (B,)
+            dtype = dtype if dtype is not None else torch.get_default_dtype()
+            pad_bias = pads.to(dtype).log().view(-1, 1, 1, 1)  # log 0 = -inf: no padding key
+        return cls(trimmed, T, index, attention_mask(nonpad, causal, dtype), pad_bias)
 
     def pack(self, x: Tensor) -> Tensor:
         """``(B, T', F)`` → ``(M, F)``: the rows of real tokens."""
@@ -144,28 +179,62 @@ class SelfAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, layout: Layout, generator: torch.Generator | None) -> Tensor:
-        """Packed ``x (M, D)`` → packed ``(M, D)``."""
+    def forward(
+        self,
+        x: Tensor,
+        layout: Layout,
+        generator: torch.Generator | None,
+        kv: Tensor | None = None,
+        pad_kv: Tensor | None = None,
+    ) -> Tensor:
+        """Packed ``x (M, D)`` → packed ``(M, D)``.
+
+        Args:
+            x: packed queries (and keys/values unless ``kv`` is given).
+            layout: the batch layout; with ``layout.pad_bias`` one padding key is appended.
+            generator: attention-dropout source in training mode.
+            kv: packed ``(M, D)`` input of the keys and values, if not ``x``.
+            pad_kv: ``(D,)`` input that padded positions present to the key/value projections
+                (used only with ``layout.pad_bias``).
+        """
         D = x.shape[-1]
         H = self.num_heads
         B, T = layout.seqs.shape
+        kv = x if kv is None else kv
 
         def heads(y: Tensor) -> Tensor:
             return layout.unpack(y).view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
 
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))  # each (B, H, T, Dh)
+        q, k, v = heads(self.q(x)), heads(self.k(kv)), heads(self.v(kv))  # each (B, H, T, Dh)
+        bias = layout.bias  # (B, 1, T, T)
+        if layout.pad_bias is not None:
+            if pad_kv is None:
+                raise ValueError("a layout with padding keys needs pad_kv")
+
+            def pad_head(y: Tensor) -> Tensor:
+                return y.view(1, H, 1, D // H).expand(B, H, 1, D // H)  # (B, H, 1, Dh)
+
+            k = torch.cat([k, pad_head(self.k(pad_kv))], dim=2)  # (B, H, T+1, Dh)
+            v = torch.cat([v, pad_head(self.v(pad_kv))], dim=2)  # (B, H, T+1, Dh)
+            bias = torch.cat([bias, layout.pad_bias.expand(B, 1, T, 1)], dim=3)  # (B,1,T,T+1)
         if self.training and self.attn_dropout > 0:
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // H)) + layout.bias
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // H)) + bias
             weights = dropout(scores.softmax(-1), self.attn_dropout, True, generator)  # (B,H,T,T)
             out = weights @ v  # (B, H, T, Dh)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias)  # (B, H, T, Dh)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, Dh)
         out = layout.pack(out.transpose(1, 2).reshape(B, T, D))  # (M, D)
         return self.out(out)  # (M, D)
 
 
+BLOCK_STYLES = ("pre-ln", "query-norm")
+
+
 class TransformerBlock(nn.Module):
-    """One pre-LN block: attention and point-wise feed-forward, each with a residual."""
+    """One block: attention and point-wise feed-forward, each with a residual.
+
+    ``style`` is ``"pre-ln"`` or ``"query-norm"`` (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -174,12 +243,16 @@ class TransformerBlock(nn.Module):
         ffn_dim: int,
         dropout_p: float,
         activation: str = "relu",
+        style: str = "pre-ln",
     ) -> None:
         super().__init__()
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+        if style not in BLOCK_STYLES:
+            raise ValueError(f"style must be one of {BLOCK_STYLES}, got {style!r}")
         self.dropout_p = dropout_p
         self.activation = activation
+        self.style = style
         self.attn_norm = nn.LayerNorm(dim, eps=1e-8)
         self.attn = SelfAttention(dim, num_heads, dropout_p)
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
@@ -188,8 +261,16 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, layout: Layout, generator: torch.Generator | None) -> Tensor:
         """Packed ``x (M, D)`` → packed ``(M, D)``."""
-        x = x + self.attn(self.attn_norm(x), layout, generator)  # (M, D)
-        h = self.ffn_in(self.ffn_norm(x))  # (M, F)
+        pad_kv = None
+        if layout.pad_bias is not None:  # padded positions hold 0 in the residual stream
+            zero = x.new_zeros(1, x.shape[-1])
+            pad_kv = (zero if self.style == "query-norm" else self.attn_norm(zero))[0]  # (D,)
+        if self.style == "query-norm":
+            x = x + self.attn(self.attn_norm(x), layout, generator, kv=x, pad_kv=pad_kv)
+            x = self.ffn_norm(x)  # (M, D); the feed-forward's residual adds to this
+        else:
+            x = x + self.attn(self.attn_norm(x), layout, generator, pad_kv=pad_kv)  # (M, D)
+        h = self.ffn_in(x if self.style == "query-norm" else self.ffn_norm(x))  # (M, F)
         h = F.relu(h) if self.activation == "relu" else F.gelu(h)
         h = dropout(h, self.dropout_p, self.training, generator)
         h = dropout(self.ffn_out(h), self.dropout_p, self.training, generator)  # (M, D)
@@ -207,10 +288,11 @@ class TransformerEncoder(nn.Module):
         ffn_dim: int,
         dropout_p: float,
         activation: str,
+        style: str = "pre-ln",
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, ffn_dim, dropout_p, activation)
+            TransformerBlock(dim, num_heads, ffn_dim, dropout_p, activation, style)
             for _ in range(num_blocks)
         )
         self.last_norm = nn.LayerNorm(dim, eps=1e-8)

@@ -1,13 +1,16 @@
 """SASRec: causal self-attention over the item sequence (Kang & McAuley, 2018).
 
-Follows SASRec.pytorch (pmixer), ``norm_first`` path: item embeddings scaled by ``sqrt(dim)`` plus
-learned positional embeddings, embedding dropout, padded positions zeroed (timeline mask), pre-LN
-blocks, a final LayerNorm. Training loss: binary cross-entropy with one sampled negative per
-non-padded target position. Scores use the item embedding table (tied).
+Follows the SASRec of the SEvo authors' code (itself close to SASRec.pytorch): item embeddings
+scaled by ``sqrt(dim)`` plus learned positional embeddings, embedding dropout, padded positions
+zeroed (timeline mask), blocks that normalise only the attention query, padded keys attendable as
+in an input left-padded to ``maxlen``, a final LayerNorm. ``SASRecConfig(block="pre-ln",
+attend_padding=False)`` gives SASRec.pytorch's ``norm_first`` block with padding masked instead.
+Training loss: binary cross-entropy with one sampled negative per non-padded target position.
+Scores use the item embedding table (tied).
 
 Positions are counted from the right end (see :func:`engine.models._transformer.recency_positions`),
-which for inputs padded to ``maxlen`` is a relabelling of SASRec's absolute positions and makes the
-output independent of extra left padding.
+which for inputs padded to ``maxlen`` is a relabelling of SASRec's absolute positions; with the
+padding count taken against ``maxlen``, the output does not depend on extra left padding.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.models._transformer import Layout, TransformerEncoder, recency_positions
+from engine.models._transformer import (
+    BLOCK_STYLES,
+    Layout,
+    TransformerEncoder,
+    recency_positions,
+)
 from engine.models.base import (
     Batch,
     TiedItemTableRecommender,
@@ -44,6 +52,16 @@ class SASRecConfig:
         maxlen: longest input sequence ``T`` (positional table size).
         dropout: embedding, attention-weight and feed-forward dropout.
         init_std: std of the normal init of the item table (also used for rows added by ``grow``).
+        block: ``"query-norm"`` (default: the block of the SEvo authors' SASRec, LayerNorm on
+            the attention query only, the feed-forward's residual on its normalised input) or
+            ``"pre-ln"`` (SASRec.pytorch's ``norm_first`` block); see
+            :mod:`engine.models._transformer`.
+        attend_padding: let padded keys take part in attention as if every input were
+            left-padded to ``maxlen``, as in SASRec.pytorch and the SEvo code, which do not mask
+            them (default True). False masks them, so the output ignores padding entirely.
+
+    The defaults reproduce the paper's Beauty numbers (README, "Offline reproduction"); the
+    pre-LN block with masked padding scores about 6–7% lower there with either optimizer.
     """
 
     dim: int = 64
@@ -52,6 +70,8 @@ class SASRecConfig:
     maxlen: int = 50
     dropout: float = 0.3
     init_std: float = 0.02
+    block: str = "query-norm"
+    attend_padding: bool = True
 
     def __post_init__(self) -> None:
         for name in ("dim", "num_blocks", "num_heads", "maxlen"):
@@ -63,6 +83,8 @@ class SASRecConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        if self.block not in BLOCK_STYLES:
+            raise ValueError(f"block must be one of {BLOCK_STYLES}, got {self.block!r}")
 
 
 class SASRec(TiedItemTableRecommender):
@@ -96,7 +118,7 @@ class SASRec(TiedItemTableRecommender):
         self.item_emb = nn.Embedding(self.num_items + 1, cfg.dim, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.maxlen + 1, cfg.dim, padding_idx=0)
         self.encoder = TransformerEncoder(
-            cfg.dim, cfg.num_blocks, cfg.num_heads, cfg.dim, cfg.dropout, "relu"
+            cfg.dim, cfg.num_blocks, cfg.num_heads, cfg.dim, cfg.dropout, "relu", cfg.block
         )
         self._reset_parameters(torch.Generator().manual_seed(self.seed))
 
@@ -135,7 +157,10 @@ class SASRec(TiedItemTableRecommender):
         length = seqs.shape[1]
         if length > self.config.maxlen:
             raise ValueError(f"sequence length {length} exceeds maxlen {self.config.maxlen}")
-        layout = Layout.from_seqs(seqs, causal=True, dtype=self.item_emb.weight.dtype)
+        pad_to = self.config.maxlen if self.config.attend_padding else None
+        layout = Layout.from_seqs(
+            seqs, causal=True, dtype=self.item_emb.weight.dtype, pad_to=pad_to
+        )
         items = layout.seqs.reshape(-1)[layout.index]  # (M,)
         positions = recency_positions(layout.seqs).reshape(-1)[layout.index]  # (M,)
         x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb(positions)  # (M, D)

@@ -359,3 +359,76 @@ def test_lightgcn_graph_checks():
         model.set_graph([0, 1], [1])
     model.set_graph([0, 0, 0], [1, 1, 2])  # duplicates count once
     assert model.edge_index.shape == (2, 4)
+
+
+# ------------------------------------------------------------ SASRec block variants (SEvo code)
+def _unpacked_sasrec(model, seqs: torch.Tensor) -> torch.Tensor:
+    """SASRec computed position by position over the padded ``(B, T)`` grid, as the SEvo authors'
+    code does (only a causal mask, padded rows zeroed after every block); eval mode."""
+    cfg = model.config
+    pad = (seqs == 0)[..., None]  # (B, T, 1)
+    T = seqs.shape[1]
+    positions = torch.arange(T, 0, -1).expand_as(seqs)  # absolute slots, counted from the right
+    x = model.item_emb(seqs) * cfg.dim**0.5 + model.pos_emb(positions)
+    x = x.masked_fill(pad, 0.0)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    H, Dh = cfg.num_heads, cfg.dim // cfg.num_heads
+    for blk in model.encoder.blocks:
+        a = blk.attn
+        q_in = blk.attn_norm(x)
+        kv_in = x if blk.style == "query-norm" else q_in
+
+        def heads(y):
+            return y.view(*y.shape[:2], H, Dh).transpose(1, 2)  # (B, H, T, Dh)
+
+        q, k, v = heads(a.q(q_in)), heads(a.k(kv_in)), heads(a.v(kv_in))
+        w = (q @ k.transpose(-2, -1) / Dh**0.5).masked_fill(future, float("-inf")).softmax(-1)
+        x = x + a.out((w @ v).transpose(1, 2).reshape(x.shape))
+        if blk.style == "query-norm":
+            y = blk.ffn_norm(x)
+            x = y + blk.ffn_out(torch.relu(blk.ffn_in(y)))
+        else:
+            x = x + blk.ffn_out(torch.relu(blk.ffn_in(blk.ffn_norm(x))))
+        x = x.masked_fill(pad, 0.0)
+    return model.encoder.last_norm(x).masked_fill(pad, 0.0)
+
+
+@pytest.mark.parametrize("block", ["pre-ln", "query-norm"])
+def test_sasrec_attending_padding_equals_the_unpacked_reference_computation(block):
+    model = make("sasrec", block=block, attend_padding=True, num_heads=2).eval()
+    with torch.no_grad():  # non-zero biases, so padded keys carry a real key and value
+        for blk in model.encoder.blocks:
+            for lin in (blk.attn.k, blk.attn.v, blk.attn.q):
+                lin.bias.normal_(0.0, 0.5, generator=_gen(3))
+    seqs = _batch(width=MAXLEN)["seqs"]
+    seqs[2, :] = torch.arange(1, MAXLEN + 1)  # a full row: no padding key at all
+    with torch.no_grad():
+        packed = model.encode(seqs)
+        reference = _unpacked_sasrec(model, seqs)
+        # the padding count is taken against maxlen, so rows 0 and 1 (3 and 9 padded slots) give
+        # the same output without their leading padding columns
+        narrower = model.encode(seqs[:2, 3:])
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(narrower, packed[:2, 3:], atol=1e-5, rtol=1e-4)
+
+
+def test_attending_padding_changes_short_sequences_and_trains_on_both_paths():
+    masked = make("sasrec", block="query-norm", num_heads=2, attend_padding=False).eval()
+    attending = make("sasrec", block="query-norm", num_heads=2, attend_padding=True).eval()
+    seqs = _batch()["seqs"]
+    with torch.no_grad():
+        a, b = masked.encode(seqs), attending.encode(seqs)
+    assert not torch.allclose(a[1, -1], b[1, -1])  # one item, nine padded keys
+    no_dropout = make("sasrec", block="query-norm", attend_padding=True, dropout=0.0)
+    with torch.no_grad():
+        train_out = no_dropout.train().encode(seqs, _gen())
+        eval_out = no_dropout.eval().encode(seqs)
+    torch.testing.assert_close(train_out, eval_out)
+    loss = attending.train().loss({"users": torch.arange(4), "seqs": seqs}, _gen())
+    loss.backward()
+    assert attending.encoder.blocks[0].attn.k.bias.grad.abs().sum() > 0
+
+
+def test_sasrec_rejects_an_unknown_block():
+    with pytest.raises(ValueError, match="block must be one of"):
+        make("sasrec", block="post-ln")

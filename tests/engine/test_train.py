@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,6 +100,38 @@ def test_bad_config_values_raise():
         OfflineConfig(graph="knn")
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         OfflineConfig(epochs=0)
+    with pytest.raises(ValueError, match="device must be a torch device"):
+        OfflineConfig(device="gpu0")
+
+
+def test_a_finished_run_is_reused_across_devices_and_added_fields_but_not_changed_ones():
+    from dataclasses import asdict
+
+    from streaming.experiments import same_experiment
+
+    config = OfflineConfig(epochs=3, device="cpu")
+    saved = asdict(replace(config, device="cuda"))
+    assert same_experiment(saved, config)  # the device does not define the experiment
+    del saved["model_overrides"]  # a run saved before the field existed: default {}
+    assert same_experiment(saved, config)
+    assert not same_experiment(saved, replace(config, model_overrides={"dropout": 0.4}))
+    assert not same_experiment({**saved, "epochs": 4}, config)
+    assert not same_experiment(None, config)
+
+
+def test_the_offline_smoother_reads_a_snapshot_on_the_model_device():
+    from engine.models import build_model
+    from engine.train import build_optimizer
+
+    split = cyclic_split()
+    config = OfflineConfig(epochs=1)
+    graph = build_item_graph(split, config)
+    model = build_model("sasrec", split.num_items, split.num_users)
+    optimizer = build_optimizer(model, config, graph)
+    smoother = optimizer.param_groups[0]["smoother"]
+    assert smoother.graph.device == model.item_emb.weight.device
+    assert smoother.graph.version == graph.snapshot().version
+    assert graph.snapshot().to("cpu") is graph.snapshot()
 
 
 def test_category_graph_requires_categories():
