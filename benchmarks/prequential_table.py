@@ -43,9 +43,13 @@ def arms(half_life_s: float | None, only_sevo: bool = False) -> list[tuple[str, 
     ]
 
 
-def run_name(data: str, optimizer: str, half_life: float | None, beta: float = 0.99) -> str:
+def run_name(
+    data: str, optimizer: str, half_life: float | None, beta: float = 0.99, carry: bool = True
+) -> str:
     decay = "nodecay" if half_life is None else f"hl{half_life / DAY:g}d"
     tag = "" if optimizer == "adamw" or beta == 0.99 else f"_beta{beta:g}"
+    if optimizer != "adamw" and not carry:
+        tag += "_nocarry"
     return f"{data}_{optimizer}_{decay}{tag}"
 
 
@@ -62,11 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sevo-beta", type=float, default=0.99, help="SEvo's β (0.99: the paper)")
     p.add_argument("--only-sevo", action="store_true", help="skip the AdamW arms")
+    p.add_argument(
+        "--no-carry-unsampled",
+        action="store_true",
+        help="SEvo-AdamW without the unsampled-row correction (their moments decay as in AdamW)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     decay_arm = None if args.no_decay_arms else args.half_life
+    carry = not args.no_carry_unsampled
     datasets = ["ml-100k"] if args.quick else args.data
     limit = 20_000 if args.quick else None
     out = args.out or ROOT / (
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for data in datasets:
         for optimizer, half_life in arms(decay_arm, args.only_sevo):
-            name = run_name(data, optimizer, half_life, args.sevo_beta)
+            name = run_name(data, optimizer, half_life, args.sevo_beta, carry)
             path = out / "runs" / f"{name}.json"
             if path.exists():
                 results[name] = json.loads(path.read_text())
@@ -91,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 lr=args.lr,
                 steps_per_batch=args.steps_per_batch,
                 seed=args.seed,
+                carry_unsampled=carry,
             )
             source = LogSource(data, batch_size=args.batch_size, limit=limit)
             print(f"{name}: replaying {len(source)} events ...", file=sys.stderr, flush=True)
@@ -127,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
             results[peer_name] = json.loads(peer_path.read_text())
         peer = results.get(peer_name)
         for optimizer, half_life in arms(decay_arm, args.only_sevo):
-            r = results.get(run_name(data, optimizer, half_life, args.sevo_beta))
+            r = results.get(run_name(data, optimizer, half_life, args.sevo_beta, carry))
             if r is None:
                 continue
             pq = r["prequential"]
             ratio = pq["NDCG@10"] / peer["prequential"]["NDCG@10"] if peer else float("nan")
             decay = "none" if half_life is None else f"{half_life / DAY:g} days"
             label = optimizer if optimizer == "adamw" else f"{optimizer} (β {args.sevo_beta:g})"
+            if optimizer != "adamw" and not carry:
+                label += ", unsampled rows decay"
             lines.append(
                 f"| {data} | {label} | {decay} | {r['events']} | {pq['HR@10']:.4f} | "
                 f"{pq['NDCG@10']:.4f} | {ratio:.3f}x | {r['events_per_s']:.0f} |"
@@ -141,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     suffix = "" if args.sevo_beta == 0.99 and not args.only_sevo else f"-beta{args.sevo_beta:g}"
+    suffix += "" if carry else "-nocarry"
     (out / f"summary{suffix}.md").write_text(table + "\n")
     (out / f"summary{suffix}.json").write_text(
         json.dumps(

@@ -84,6 +84,9 @@ class OnlineConfig:
             edge to a popular item keeps only about c of its own update too).
         young_item_events: the event count below which ``"young"`` leaves an item's update
             unsmoothed.
+        carry_unsampled: SEvo-AdamW's unsampled-row correction (``SEvoAdamW(carry_unsampled)``):
+            True (the paper's) keeps a row that is not in the micro-batch moving with its last
+            bias-corrected moments; False lets them decay as AdamW does.
         seed: seeds the model initialisation and the training generator.
         model_overrides: fields of the model's config (e.g. ``{"dim": 32}``).
         max_users_state: most users whose recent sequence (and history) is kept; the least
@@ -107,6 +110,7 @@ class OnlineConfig:
     steps_per_batch: int = 1
     new_item_policy: str = "passthrough"
     young_item_events: int = 10
+    carry_unsampled: bool = True
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     max_users_state: int = 1_000_000
@@ -349,7 +353,13 @@ class OnlineTrainer:
         param_groups: list[dict[str, Any]] = [{"params": [table], "smoother": smoother}]
         if rest:
             param_groups.append({"params": rest})
-        return SEvoAdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return SEvoAdamW(
+            param_groups,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            carry_unsampled=cfg.carry_unsampled,
+        )
 
     # ------------------------------------------------------------------ counters
     @property

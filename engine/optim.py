@@ -347,6 +347,7 @@ def sevo_adamw(
     smoother: SmootherFn | None,
     fused: bool | None = None,
     workspace: dict[Tensor, Tensor] | None = None,
+    carry_unsampled: bool = True,
 ) -> None:
     """Functional SEvo-AdamW step (see :class:`SEvoAdamW`); mutates params and state in place.
 
@@ -368,7 +369,8 @@ def sevo_adamw(
     between steps; :class:`SEvoAdamW` passes one that is not part of its state.
     """
     directions = []
-    correct = smoother is not None  # the unsampled-row correction of smoothed tables
+    # The unsampled-row correction of smoothed tables (see SEvoAdamW's carry_unsampled).
+    correct = smoother is not None and carry_unsampled
     decay = 1.0 - lr * weight_decay
     for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         t.add_(1)
@@ -437,6 +439,12 @@ class SEvoAdamW(_SmoothedOptimizer):
         betas: (β1, β2) for the moments.
         eps: added to the denominator.
         weight_decay: decoupled weight decay coefficient.
+        carry_unsampled: the correction above (default True, the paper's). False treats an
+            unsampled row of a smoothed table like AdamW does (its moments decay with the zero
+            gradient), so a row nobody samples stops moving instead of repeating its last Δ.
+            Online, where a micro-batch touches a few hundred of thousands of rows, that is
+            the difference between a rare item drifting on and standing still (README,
+            "Online: prequential replay").
     """
 
     def __init__(
@@ -446,11 +454,15 @@ class SEvoAdamW(_SmoothedOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        *,
+        carry_unsampled: bool = True,
     ) -> None:
         _check_hparams(lr, eps, weight_decay, betas)
         super().__init__(
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         )
+        # An attribute, not a group default: checkpoints keep their state_dict layout.
+        self.carry_unsampled = bool(carry_unsampled)
 
     def _init_buffers(self, p: Tensor, state: dict[str, Tensor]) -> None:
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -465,8 +477,10 @@ class SEvoAdamW(_SmoothedOptimizer):
         # Direction buffers of the fused path, kept between steps; not optimizer state, so
         # state_dict() is unchanged (and the attribute is rebuilt after unpickling).
         workspace = self.__dict__.setdefault("_workspace", {})
+        carry = self.__dict__.get("carry_unsampled", True)
         self._adam_family_step(
-            decoupled=True, smoothed_fn=functools.partial(sevo_adamw, workspace=workspace)
+            decoupled=True,
+            smoothed_fn=functools.partial(sevo_adamw, workspace=workspace, carry_unsampled=carry),
         )
         return loss
 

@@ -171,6 +171,36 @@ def test_unsampled_rows_keep_moving_but_plain_adamw_would_not():
     _ = ref_snap
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_without_carrying_unsampled_rows_the_table_follows_torch_adamw(weight_decay):
+    table, dense = tiny_model(4)
+    ref_table, ref_dense = tiny_model(4)
+    identity = Smoother(ring_graph(12), beta=0.0)
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": identity}, {"params": [dense]}],
+        lr=1e-2,
+        weight_decay=weight_decay,
+        carry_unsampled=False,
+    )
+    ref = torch.optim.AdamW([ref_table, ref_dense], lr=1e-2, weight_decay=weight_decay)
+    for rows in (None, torch.tensor([0, 1, 2]), torch.tensor([3, 7])):  # unsampled rows vary
+        run_steps(opt, table, dense, 2, rows_used=rows)
+        run_steps(ref, ref_table, ref_dense, 2, rows_used=rows)
+    torch.testing.assert_close(table, ref_table)
+    torch.testing.assert_close(dense, ref_dense)
+    # the default (the paper's correction) differs on exactly those rows
+    carried, _ = tiny_model(4)
+    carried_dense = tiny_model(4)[1]
+    paper = SEvoAdamW(
+        [{"params": [carried], "smoother": identity}, {"params": [carried_dense]}],
+        lr=1e-2,
+        weight_decay=weight_decay,
+    )
+    for rows in (None, torch.tensor([0, 1, 2]), torch.tensor([3, 7])):
+        run_steps(paper, carried, carried_dense, 2, rows_used=rows)
+    assert not torch.allclose(carried[8:], table[8:])
+
+
 def test_padding_row_only_moves_by_weight_decay():
     n = 12
     graph = ring_graph(n, skip=(0,))  # row 0 = padding, no edges
