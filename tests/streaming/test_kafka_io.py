@@ -145,6 +145,25 @@ def test_produce_then_consume_everything_with_advancing_positions(kafka_broker, 
     assert dead == [] and parsed == events
 
 
+def test_small_fetch_limits_reach_kafka_python_and_still_deliver_everything(
+    kafka_broker, unique_name
+):
+    topic = unique_name("events")
+    ensure_topic(kafka_broker, topic, partitions=1)
+    events = make_events(300)
+    assert produce_events(kafka_broker, topic, events) == 300
+    config = make_config(
+        kafka_broker, topic, None, fetch_max_bytes=4096, max_partition_fetch_bytes=1024
+    )
+    with KafkaEventSource(config) as source:
+        assert source._consumer.config["fetch_max_bytes"] == 4096
+        assert source._consumer.config["max_partition_fetch_bytes"] == 1024
+        records = drain(source, 300)
+    assert [r.position for r in records] == [f"{topic}:0:{i}" for i in range(300)]
+    with pytest.raises(ValueError, match="max_partition_fetch_bytes must be a positive integer"):
+        make_config(kafka_broker, topic, None, max_partition_fetch_bytes=0)
+
+
 def test_produce_rate_limit(kafka_broker, unique_name):
     topic = unique_name("rate")
     ensure_topic(kafka_broker, topic)
