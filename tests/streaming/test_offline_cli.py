@@ -7,7 +7,7 @@ import json
 from streaming.cli import main
 
 
-def test_sevo_offline_on_an_ml100k_slice_writes_results_and_resumes(tmp_path, capsys):
+def test_sevo_offline_on_an_ml100k_slice_writes_results_and_resumes(tmp_path, capsys, caplog):
     out = tmp_path / "results"
     argv = [
         "offline",
@@ -31,6 +31,8 @@ def test_sevo_offline_on_an_ml100k_slice_writes_results_and_resumes(tmp_path, ca
         "--out",
         str(out),
         "--no-progress",
+        "--device",
+        "cpu",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -46,6 +48,7 @@ def test_sevo_offline_on_an_ml100k_slice_writes_results_and_resumes(tmp_path, ca
         assert len(result["curve"]) == 2
         assert 0.0 <= result["test"]["NDCG@10"] <= result["test"]["HR@10"] <= 1.0
         assert len(result["test_user_ndcg10"]) == 80
+        assert result["config"]["device"] == "cpu"
     summary = json.loads((out / "summary.json").read_text())
     (comparison,) = summary["comparisons"]
     assert comparison["model"] == "sasrec" and comparison["seeds"] == [0]
@@ -54,3 +57,7 @@ def test_sevo_offline_on_an_ml100k_slice_writes_results_and_resumes(tmp_path, ca
     mtimes = [p.stat().st_mtime_ns for p in runs]
     assert main(argv) == 0
     assert [p.stat().st_mtime_ns for p in runs] == mtimes
+    # An unknown device is refused before any training, with the reason.
+    bad = [*argv[: argv.index("--device")], "--device", "tpu9", "--no-resume"]
+    assert main(bad) == 2
+    assert "device must be a torch device" in caplog.text
