@@ -256,6 +256,12 @@ class ItemGraph:
         self._pending_cols: list[np.ndarray] = []
         self._pending_vals: list[np.ndarray] = []
         self._pending_nnz = 0
+        # The pending increments summed per (row, col), kept incrementally: sorted unique keys
+        # row·2^32 + col and their float64 sums, plus the (rows, cols, vals) chunks added since
+        # (see _summed_pending). Each snapshot folds in only its new chunks.
+        self._sum_keys = np.zeros(0, dtype=np.int64)
+        self._sum_vals = np.zeros(0, dtype=np.float64)
+        self._unsummed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._deg = np.zeros(max(self._n, 16), dtype=np.float64)  # capacity doubles
         self.t0: float | None = None  # decay landmark (None until the first timed edge)
         self.t_latest: float | None = None  # latest event time seen
@@ -355,9 +361,11 @@ class ItemGraph:
         n = self._n
         self._deg[:n] += np.bincount(src, weights=w, minlength=n)
         self._deg[:n] += np.bincount(dst, weights=w, minlength=n)
-        self._pending_rows.append(np.concatenate([src, dst]))
-        self._pending_cols.append(np.concatenate([dst, src]))
-        self._pending_vals.append(np.concatenate([w, w]))
+        chunk = (np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w]))
+        self._pending_rows.append(chunk[0])
+        self._pending_cols.append(chunk[1])
+        self._pending_vals.append(chunk[2])
+        self._unsummed.append(chunk)
         self._pending_nnz += 2 * src.size
         self._touch()
         if self._pending_nnz >= max(self.min_merge, self.merge_fraction * self._base.nnz):
@@ -373,11 +381,42 @@ class ItemGraph:
             self._pending_vals = [np.concatenate(self._pending_vals)]
         return self._pending_rows[0], self._pending_cols[0], self._pending_vals[0]
 
+    def _summed_pending(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pending increments with duplicates summed: sorted unique keys ``row·2^32 + col``
+        and float64 sums, updated incrementally (only chunks added since the last call are
+        sorted in). Each entry's sum runs over its increments strictly in arrival order, so the
+        result does not depend on when it was folded (a restored graph sums exactly alike)."""
+        if self._unsummed:
+            parts = self._unsummed
+            rows = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+            cols = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+            vals = np.concatenate([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
+            self._sum_keys, self._sum_vals = _fold_sorted(
+                self._sum_keys, self._sum_vals, (rows << 32) | cols, vals
+            )
+            self._unsummed = []
+        return self._sum_keys, self._sum_vals
+
+    def _clear_pending(self) -> None:
+        self._pending_rows, self._pending_cols, self._pending_vals = [], [], []
+        self._pending_nnz = 0
+        self._sum_keys = np.zeros(0, dtype=np.int64)
+        self._sum_vals = np.zeros(0, dtype=np.float64)
+        self._unsummed = []
+
     def _base_resized(self) -> sp.csr_matrix:
+        """The base as an (n, n) CSR: new nodes are empty trailing rows and columns, so only
+        indptr is extended (O(n)); data and indices are shared (the base is never mutated)."""
         base = self._base
         if base.shape[0] != self._n:
-            base = base.copy()
-            base.resize((self._n, self._n))
+            indptr = np.empty(self._n + 1, dtype=base.indptr.dtype)
+            indptr[: base.shape[0] + 1] = base.indptr
+            indptr[base.shape[0] + 1 :] = base.indptr[-1]
+            resized = sp.csr_matrix(
+                (base.data, base.indices, indptr), shape=(self._n, self._n), copy=False
+            )
+            resized.has_sorted_indices = base.has_sorted_indices
+            base = resized
         return base
 
     def merge(self) -> None:
@@ -387,16 +426,17 @@ class ItemGraph:
                 self._base = self._base_resized()
                 self._base_torch = None
             return
-        rows, cols, vals = self._pending_coo()
-        delta = sp.csr_matrix((vals, (rows, cols)), shape=(self._n, self._n), dtype=np.float64)
-        delta.sum_duplicates()  # canonical (small), so the sum below is one linear merge
+        keys, vals = self._summed_pending()
+        indptr, cols = _csr_structure(keys, self._n)
+        # Canonical (duplicates summed, sorted), so the sum below is one linear merge.
+        delta = sp.csr_matrix((vals, cols, indptr), shape=(self._n, self._n), dtype=np.float64)
+        delta.has_canonical_format = True
         merged = self._base_resized() + delta
         merged.sum_duplicates()  # no-ops on canonical input; kept as a guarantee
         merged.sort_indices()
         self._base = merged
         self._base_torch = None
-        self._pending_rows, self._pending_cols, self._pending_vals = [], [], []
-        self._pending_nnz = 0
+        self._clear_pending()
         # A is unchanged, so the version and any cached snapshot stay valid.
 
     def _rebase(self, t_new: float) -> None:
@@ -500,14 +540,14 @@ class ItemGraph:
             # Nodes added since the base was built are empty rows and columns of it: padding
             # the CSR (O(n), values shared) keeps every product a direct one into its output.
             self._base_torch = _pad_csr(self._base_torch, self._n)
-        rows, cols, vals = self._pending_coo()
+        keys, vals = self._summed_pending()
         pending = None
-        if rows.size:
-            # Summed into a CSR once per snapshot: torch's index_add over COO entries is ~100x
-            # slower than a CSR product on CPU, and the smoother multiplies L times.
-            pending = _torch_csr(
-                sp.csr_matrix((vals, (rows, cols)), shape=(self._n, self._n)), scale
-            )
+        if keys.size:
+            # A CSR of its own per snapshot: torch's index_add over COO entries is ~100x
+            # slower than a CSR product on CPU, and the smoother multiplies L times. The
+            # duplicates are summed incrementally (_summed_pending), so a snapshot only sorts
+            # in the increments added since the previous one.
+            pending = _torch_csr_from_keys(keys, vals, self._n, scale)
         self._snapshot = GraphSnapshot(
             version=self.version,
             num_nodes=self._n,
@@ -576,6 +616,7 @@ class ItemGraph:
             g._pending_cols = [np.asarray(arrays["pending_cols"], dtype=np.int64)]
             g._pending_vals = [np.asarray(arrays["pending_vals"], dtype=np.float64)]
             g._pending_nnz = int(rows.size)
+            g._unsummed = [(g._pending_rows[0], g._pending_cols[0], g._pending_vals[0])]
         g._deg[:n] = arrays["degree"]
         g.t0 = None if np.isnan(meta[3]) else float(meta[3])
         g.t_latest = None if np.isnan(meta[4]) else float(meta[4])
@@ -620,6 +661,51 @@ def _torch_csr(A: sp.csr_matrix, scale: float) -> torch.Tensor:
             torch.from_numpy((A.data / scale).astype(np.float32)),
             size=A.shape,
             check_invariants=False,  # scipy produced a canonical CSR
+        )
+
+
+def _fold_sorted(
+    keys: np.ndarray, vals: np.ndarray, new_keys: np.ndarray, new_vals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ``keys`` (with sums ``vals``) plus new entries (unsorted, repeats allowed)
+    → sorted unique keys and sums. Each key's sum adds its values in order, the old sum first
+    (``np.add.at`` is sequential), so folding in one go or chunk by chunk gives equal bits."""
+    all_keys = np.concatenate([keys, new_keys]) if keys.size else new_keys
+    all_vals = np.concatenate([vals, new_vals]) if keys.size else new_vals
+    order = np.argsort(all_keys, kind="stable")  # a sorted run + a short tail for timsort
+    all_keys, all_vals = all_keys[order], all_vals[order]
+    first = np.ones(all_keys.size, dtype=bool)
+    np.not_equal(all_keys[1:], all_keys[:-1], out=first[1:])
+    if first.all():
+        return all_keys, all_vals
+    segment = np.cumsum(first) - 1
+    sums = np.zeros(int(segment[-1]) + 1, dtype=np.float64)
+    np.add.at(sums, segment, all_vals)
+    return all_keys[first], sums
+
+
+def _csr_structure(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, indices)`` (int64) of an (n, n) CSR whose sorted unique keys are
+    ``row·2^32 + col``."""
+    rows = keys >> 32
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr, keys & 0xFFFFFFFF
+
+
+def _torch_csr_from_keys(keys: np.ndarray, vals: np.ndarray, n: int, scale: float) -> torch.Tensor:
+    """The float32 torch CSR of ``A / scale`` for A given as sorted unique keys and sums (the
+    same values and index types as :func:`_torch_csr` of the equal scipy matrix)."""
+    indptr, cols = _csr_structure(keys, n)
+    index = np.int32 if max(n, keys.size) < np.iinfo(np.int32).max else np.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(indptr.astype(index)),
+            torch.from_numpy(cols.astype(index)),
+            torch.from_numpy((vals / scale).astype(np.float32)),
+            size=(n, n),
+            check_invariants=False,  # sorted unique keys: a canonical CSR
         )
 
 

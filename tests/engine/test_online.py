@@ -251,3 +251,17 @@ def test_state_dict_round_trip_continues_bit_for_bit(kw):
         straight.rank_before_learning(probe_users, probe_items),
         resumed.rank_before_learning(probe_users, probe_items),
     )
+
+
+def test_id_maps_assign_rows_in_order_of_first_appearance():
+    table: dict[str, int] = {}
+    ids = ["<pad>"]
+    rows, new = OnlineTrainer._assign(table, ids, np.array(["b", "a", "b", "c"]))
+    assert rows.tolist() == [1, 2, 1, 3] and new == 3 and rows.dtype == np.int64
+    rows, new = OnlineTrainer._assign(table, ids, np.array(["c", "d", "a", "d", "e"]))
+    assert rows.tolist() == [3, 4, 2, 4, 5] and new == 2
+    assert ids == ["<pad>", "b", "a", "c", "d", "e"]
+    assert table == {k: i for i, k in enumerate(ids) if i}
+    looked = OnlineTrainer._lookup(table, np.array(["e", "zz", "b"]), missing=-1)
+    assert looked.tolist() == [5, -1, 1] and looked.dtype == np.int64
+    assert OnlineTrainer._lookup(table, np.array([], dtype=str), missing=0).shape == (0,)

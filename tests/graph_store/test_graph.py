@@ -328,3 +328,110 @@ def test_normalized_adjacency_of_a_merged_snapshot():
     torch.testing.assert_close(M @ X, 0.7 * snap.propagate(X))
     g.add_edges([1], [2], time=1100.0)  # a pending part: the store does not merge it for readers
     assert g.snapshot()._pending is not None and g.snapshot().normalized_adjacency() is None
+
+
+# ---------------------------------------------------------------------- incremental pending sums
+def _pending_csr(g: ItemGraph) -> torch.Tensor | None:
+    return g.snapshot()._pending
+
+
+def _scipy_pending(g: ItemGraph, scale: float) -> torch.Tensor:
+    """The pending CSR built from scratch out of the raw increments (the pre-incremental way)."""
+    import scipy.sparse as sp
+
+    from graph_store.graph import _torch_csr
+
+    rows, cols, vals = g._pending_coo()
+    return _torch_csr(sp.csr_matrix((vals, (rows, cols)), shape=(g.num_nodes, g.num_nodes)), scale)
+
+
+def _same_csr(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.shape == b.shape
+        and torch.equal(a.crow_indices(), b.crow_indices())
+        and torch.equal(a.col_indices(), b.col_indices())
+        and torch.equal(a.values(), b.values())
+    )
+
+
+def test_fold_sorted_sums_each_key_in_arrival_order_whatever_the_chunking():
+    from graph_store.graph import _fold_sorted
+
+    # 1e16 + 1 rounds back to 1e16 in float64, so only a strictly sequential sum gives 1e16 here
+    # (any other grouping adds 1 + 1 = 2 first and gives 1e16 + 2).
+    keys = np.array([7, 3, 7, 7, 3], dtype=np.int64)
+    vals = np.array([1e16, 0.5, 1.0, 1.0, 0.25])
+    k, v = _fold_sorted(np.zeros(0, np.int64), np.zeros(0), keys, vals)
+    assert k.tolist() == [3, 7] and v.tolist() == [0.75, 1e16]
+    k1, v1 = _fold_sorted(np.zeros(0, np.int64), np.zeros(0), keys[:2], vals[:2])
+    k2, v2 = _fold_sorted(k1, v1, keys[2:], vals[2:])
+    assert k2.tolist() == k.tolist() and v2.tolist() == v.tolist()
+
+
+@pytest.mark.parametrize("half_life", [None, 3600.0])
+def test_incremental_pending_csr_equals_a_from_scratch_build_and_any_snapshot_cadence(half_life):
+    rng = np.random.default_rng(3)
+    kw = {"merge_fraction": 1e9, "min_merge": 10**9}  # never merge: pending grows throughout
+    every = ItemGraph(4, half_life, **kw)  # a snapshot after every batch
+    once = ItemGraph(4, half_life, **kw)  # a snapshot only at the end
+    for g in (every, once):  # a non-empty base, or the first snapshot merges everything
+        g.add_edges([0, 1], [1, 2], 1.0, 0.0)
+        g.merge()
+    for step in range(12):
+        n = 6 + 3 * step  # the graph grows between batches
+        src, dst, w = random_edges(rng, n, 40)  # many repeated pairs
+        t = 1000.0 * step + rng.uniform(0, 100, src.size)
+        for g in (every, once):
+            g.add_edges(src, dst, w / 3.0, t)  # non-dyadic weights: rounding would show
+        snap = every.snapshot()
+        scale = float(every.raw_degree().max())
+        assert _same_csr(snap._pending, _scipy_pending(every, scale))
+    # (Only the pending part: the float32 base copy keeps the scale of the snapshot that built
+    # it, so whole products depend on the snapshot cadence, as they always have.)
+    assert _same_csr(_pending_csr(once), _pending_csr(every))
+    X = torch.from_numpy(rng.normal(size=(every.num_nodes, 5)).astype(np.float32))
+    # A graph restored from its state arrays sums the same increments to the same bits ...
+    restored = ItemGraph.from_state_arrays(every.state_arrays())
+    assert _same_csr(_pending_csr(restored), _pending_csr(every))
+    # ... and keeps doing so after more increments.
+    src, dst, w = random_edges(rng, every.num_nodes, 30)
+    for g in (every, restored):
+        g.add_edges(src, dst, w / 7.0, 20_000.0)
+    assert _same_csr(_pending_csr(restored), _pending_csr(every))
+    assert torch.equal(restored.propagate(X), every.propagate(X))
+
+
+def test_merge_folds_the_summed_pending_into_the_base_exactly():
+    rng = np.random.default_rng(4)
+    g = ItemGraph(5, merge_fraction=1e9, min_merge=10**9)
+    g.add_edges([0, 1], [1, 2], [1.0, 2.0])
+    g.merge()
+    edges = [(np.array([0, 1]), np.array([1, 2]), np.array([1.0, 2.0]))]
+    for step in range(6):
+        src, dst, w = random_edges(rng, 8 + 4 * step, 30)
+        g.add_edges(src, dst, w / 3.0)
+        g.snapshot()  # sums part of the pending buffer before the merge
+        edges.append((src, dst, w / 3.0))
+    reference = g.to_scipy(raw=True)
+    g.merge()
+    assert g._pending_nnz == 0 and g._sum_keys.size == 0 and not g._unsummed
+    merged = g.to_scipy(raw=True)
+    assert merged.has_canonical_format and merged.shape == reference.shape
+    np.testing.assert_allclose(merged.toarray(), reference.toarray(), rtol=1e-15, atol=0)
+    dense = dense_from_edges(g.num_nodes, *map(np.concatenate, zip(*edges)))
+    np.testing.assert_allclose(merged.toarray(), dense, rtol=1e-12)
+
+
+def test_base_resized_shares_the_base_arrays_and_adds_empty_nodes():
+    g = ItemGraph(4)
+    g.add_edges([0, 1, 2], [1, 2, 3], [1.0, 2.0, 3.0])
+    g.merge()
+    base = g._base
+    g.grow(9)
+    resized = g._base_resized()
+    assert resized.shape == (9, 9) and resized.has_sorted_indices
+    assert np.shares_memory(resized.data, base.data)
+    expected = np.zeros((9, 9))
+    expected[:4, :4] = base.toarray()
+    np.testing.assert_array_equal(resized.toarray(), expected)
+    assert base.shape == (4, 4)  # the stored base itself is untouched
