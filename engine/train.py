@@ -31,7 +31,7 @@ from graph_store import ItemGraph, category_edges, combine_edges, sequence_edges
 
 from .data import SequenceSplit
 from .metrics import summarize, target_ranks
-from .models import Recommender, build_model
+from .models import Recommender, build_model, resolved_config
 from .optim import SEvoAdamW
 from .sevo import Smoother
 
@@ -125,6 +125,8 @@ class RunResult:
         return {
             "dataset": self.dataset,
             "config": asdict(self.config),
+            # the model's whole config as it was built (defaults may change between versions)
+            "model_config": resolved_config(self.config.model, **self.config.model_overrides),
             "valid": self.valid,
             "test": self.test,
             "best_epoch": self.best_epoch,

@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.data import core_filter, load_dataset, split_leave_one_out
 from engine.metrics import paired_test
+from engine.models import resolved_config
 from engine.train import OfflineConfig, train_offline
 from graph_store import atomic_write_bytes
 
@@ -57,8 +58,11 @@ def _first_users(split, max_users: int):
 def same_experiment(saved: dict[str, Any] | None, config: OfflineConfig) -> bool:
     """Whether a finished run's saved config is ``config``'s experiment.
 
-    Fields added to :class:`OfflineConfig` after the run was saved count as their defaults, and
-    the device does not count (a run finished on a GPU is reused by a CPU rerun, and back).
+    Fields added to :class:`OfflineConfig` after the run was saved count as their defaults, the
+    device does not count (a run finished on a GPU is reused by a CPU rerun, and back), and
+    model overrides are compared as the model configs they resolve to (so ``{}`` matches the
+    defaults spelled out). A run saved before a model default changed must therefore name the
+    old value in its overrides (the result files in ``benchmarks/results`` do).
     """
     if saved is None:
         return False
@@ -67,7 +71,15 @@ def same_experiment(saved: dict[str, Any] | None, config: OfflineConfig) -> bool
     filled = json.loads(json.dumps({**defaults, **saved}))
     for fields in (filled, current):
         fields.pop("device", None)
-    return filled == current
+    saved_overrides, overrides = filled.pop("model_overrides"), current.pop("model_overrides")
+    if filled != current:
+        return False
+    try:
+        return resolved_config(filled["model"], **saved_overrides) == resolved_config(
+            current["model"], **overrides
+        )
+    except (TypeError, ValueError):  # overrides the current model config no longer accepts
+        return False
 
 
 def run_name(dataset: str, config: OfflineConfig) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "SASRec",
     "SASRecConfig",
     "build_model",
+    "resolved_config",
 ]
 
 #: name → (model class, config class)
@@ -47,6 +48,28 @@ MODELS: dict[str, tuple[type[Recommender], type]] = {
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "lightgcn": (LightGCN, LightGCNConfig),
 }
+
+
+def resolved_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The full config (defaults + ``overrides``) that :func:`build_model` would use, as a dict.
+
+    Two override sets describe the same model exactly when their resolved configs are equal
+    (``{}`` and ``{"block": "query-norm"}`` are the same SASRec today).
+
+    Raises:
+        ValueError: as :func:`build_model` for unknown names, fields or values.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
+    config_cls = MODELS[key][1]
+    fields = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown {config_cls.__name__} field(s) {unknown}; valid: {', '.join(fields)}"
+        )
+    return dataclasses.asdict(config_cls(**overrides))
 
 
 def build_model(
@@ -66,14 +89,6 @@ def build_model(
         ValueError: unknown model name (the message lists the known ones), unknown config field
             (the message lists the valid ones), or an invalid config value.
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
-    model_cls, config_cls = MODELS[key]
-    fields = [f.name for f in dataclasses.fields(config_cls)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"unknown {config_cls.__name__} field(s) {unknown}; valid: {', '.join(fields)}"
-        )
+    resolved_config(name, **overrides)  # validates name and fields with the messages above
+    model_cls, config_cls = MODELS[name.lower()]
     return model_cls(num_items, num_users, config_cls(**overrides), seed=seed)

@@ -117,6 +117,12 @@ def test_a_finished_run_is_reused_across_devices_and_added_fields_but_not_change
     assert not same_experiment(saved, replace(config, model_overrides={"dropout": 0.4}))
     assert not same_experiment({**saved, "epochs": 4}, config)
     assert not same_experiment(None, config)
+    # overrides compare as the model configs they resolve to
+    spelled_out = {**saved, "model_overrides": {"block": "query-norm", "attend_padding": True}}
+    assert same_experiment(spelled_out, config)  # today's SASRec defaults, written out
+    old_block = {**saved, "model_overrides": {"block": "pre-ln", "attend_padding": False}}
+    assert not same_experiment(old_block, config)
+    assert not same_experiment({**saved, "model_overrides": {"no_such_field": 1}}, config)
 
 
 def test_the_offline_smoother_reads_a_snapshot_on_the_model_device():
