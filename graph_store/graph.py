@@ -167,12 +167,7 @@ class GraphSnapshot:
         )
         values = base.values().to(torch.float64) * (scale * self._base_ratio)
         values = values.mul_(s.index_select(0, rows)).mul_(s.index_select(0, col))
-        values = values.to(torch.float32)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(
-                crow, col, values, size=base.shape, check_invariants=False
-            )
+        return _csr_tensor(crow, col, values.to(torch.float32), self.num_nodes)
 
     @property
     def device(self) -> torch.device:
@@ -397,6 +392,15 @@ class ItemGraph:
             self._unsummed = []
         return self._sum_keys, self._sum_vals
 
+    def _pending_csr(self) -> sp.csr_matrix:
+        """The pending increments as a canonical (duplicates summed, sorted) float64 scipy CSR,
+        so adding it to the base is one linear merge."""
+        keys, vals = self._summed_pending()
+        indptr, cols = _csr_structure(keys, self._n)
+        delta = sp.csr_matrix((vals, cols, indptr), shape=(self._n, self._n), dtype=np.float64)
+        delta.has_canonical_format = True
+        return delta
+
     def _clear_pending(self) -> None:
         self._pending_rows, self._pending_cols, self._pending_vals = [], [], []
         self._pending_nnz = 0
@@ -426,12 +430,7 @@ class ItemGraph:
                 self._base = self._base_resized()
                 self._base_torch = None
             return
-        keys, vals = self._summed_pending()
-        indptr, cols = _csr_structure(keys, self._n)
-        # Canonical (duplicates summed, sorted), so the sum below is one linear merge.
-        delta = sp.csr_matrix((vals, cols, indptr), shape=(self._n, self._n), dtype=np.float64)
-        delta.has_canonical_format = True
-        merged = self._base_resized() + delta
+        merged = self._base_resized() + self._pending_csr()
         merged.sum_duplicates()  # no-ops on canonical input; kept as a guarantee
         merged.sort_indices()
         self._base = merged
@@ -506,9 +505,7 @@ class ItemGraph:
 
     def to_scipy(self, *, raw: bool = False) -> sp.csr_matrix:
         """The true adjacency A as a new scipy CSR (float64); ``raw=True`` gives landmark units."""
-        rows, cols, vals = self._pending_coo()
-        delta = sp.csr_matrix((vals, (rows, cols)), shape=(self._n, self._n), dtype=np.float64)
-        A = (self._base_resized() + delta).tocsr()
+        A = (self._base_resized() + self._pending_csr()).tocsr()
         A.sum_duplicates()
         if not raw:
             A = A * self._decay_factor()
@@ -651,17 +648,28 @@ def _torch_csr(A: sp.csr_matrix, scale: float) -> torch.Tensor:
     A = A.tocsr()
     A.sum_duplicates()
     A.sort_indices()
+    return _scaled_torch_csr(A.indptr, A.indices, A.data, A.shape[0], scale)
+
+
+def _scaled_torch_csr(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n: int, scale: float
+) -> torch.Tensor:
+    """The float32 (n, n) torch CSR of canonical CSR arrays with values ``data / scale``."""
     # int32 indices where they fit: torch's MKL product converts int64 ones at every call.
-    index = np.int32 if max(A.shape[0], A.nnz) < np.iinfo(np.int32).max else np.int64
+    index = np.int32 if max(n, data.size) < np.iinfo(np.int32).max else np.int64
+    return _csr_tensor(
+        torch.from_numpy(indptr.astype(index)),
+        torch.from_numpy(indices.astype(index)),
+        torch.from_numpy((data / scale).astype(np.float32)),
+        n,
+    )
+
+
+def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int):
+    """An (n, n) torch sparse CSR of canonical arrays (not re-checked; beta warning muted)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(A.indptr.astype(index)),
-            torch.from_numpy(A.indices.astype(index)),
-            torch.from_numpy((A.data / scale).astype(np.float32)),
-            size=A.shape,
-            check_invariants=False,  # scipy produced a canonical CSR
-        )
+        return torch.sparse_csr_tensor(crow, col, values, size=(n, n), check_invariants=False)
 
 
 def _fold_sorted(
@@ -697,27 +705,14 @@ def _torch_csr_from_keys(keys: np.ndarray, vals: np.ndarray, n: int, scale: floa
     """The float32 torch CSR of ``A / scale`` for A given as sorted unique keys and sums (the
     same values and index types as :func:`_torch_csr` of the equal scipy matrix)."""
     indptr, cols = _csr_structure(keys, n)
-    index = np.int32 if max(n, keys.size) < np.iinfo(np.int32).max else np.int64
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(indptr.astype(index)),
-            torch.from_numpy(cols.astype(index)),
-            torch.from_numpy((vals / scale).astype(np.float32)),
-            size=(n, n),
-            check_invariants=False,  # sorted unique keys: a canonical CSR
-        )
+    return _scaled_torch_csr(indptr, cols, vals, n, scale)
 
 
 def _pad_csr(A: torch.Tensor, n: int) -> torch.Tensor:
     """The (n, n) CSR holding ``A`` (square, at most n rows) in its top-left corner."""
     crow = A.crow_indices()
     crow = torch.cat([crow, crow[-1:].expand(n - A.shape[0])])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            crow, A.col_indices(), A.values(), size=(n, n), check_invariants=False
-        )
+    return _csr_tensor(crow, A.col_indices(), A.values(), n)
 
 
 def _symmetric_top_k(A: sp.csr_matrix, k: int) -> sp.csr_matrix:
