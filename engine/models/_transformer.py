@@ -267,10 +267,11 @@ class TransformerBlock(nn.Module):
             pad_kv = (zero if self.style == "query-norm" else self.attn_norm(zero))[0]  # (D,)
         if self.style == "query-norm":
             x = x + self.attn(self.attn_norm(x), layout, generator, kv=x, pad_kv=pad_kv)
-            x = self.ffn_norm(x)  # (M, D); the feed-forward's residual adds to this
+            x = ffn_input = self.ffn_norm(x)  # (M, D); the feed-forward's residual adds to this
         else:
             x = x + self.attn(self.attn_norm(x), layout, generator, pad_kv=pad_kv)  # (M, D)
-        h = self.ffn_in(x if self.style == "query-norm" else self.ffn_norm(x))  # (M, F)
+            ffn_input = self.ffn_norm(x)  # (M, D)
+        h = self.ffn_in(ffn_input)  # (M, F)
         h = F.relu(h) if self.activation == "relu" else F.gelu(h)
         h = dropout(h, self.dropout_p, self.training, generator)
         h = dropout(self.ffn_out(h), self.dropout_p, self.training, generator)  # (M, D)
