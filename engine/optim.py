@@ -442,9 +442,9 @@ class SEvoAdamW(_SmoothedOptimizer):
         carry_unsampled: the correction above (default True, the paper's). False treats an
             unsampled row of a smoothed table like AdamW does (its moments decay with the zero
             gradient), so a row nobody samples stops moving instead of repeating its last Δ.
-            Online, where a micro-batch touches a few hundred of thousands of rows, that is
-            the difference between a rare item drifting on and standing still (README,
-            "Online: prequential replay").
+            Online, where a micro-batch gives gradients to a small share of the rows (1.3k–2.3k
+            of ~10k items on Amazon Beauty), that is the difference between a rare item
+            drifting on and standing still (README, "Online: prequential replay").
     """
 
     def __init__(
