@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from engine.config import MODEL_NAMES
 from engine.models.base import Batch, Recommender
 from engine.models.bert4rec import BERT4Rec, BERT4RecConfig
 from engine.models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -40,14 +41,16 @@ __all__ = [
     "resolved_config",
 ]
 
-#: name → (model class, config class)
-MODELS: dict[str, tuple[type[Recommender], type]] = {
+_BACKBONES: dict[str, tuple[type[Recommender], type]] = {
     "sasrec": (SASRec, SASRecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "mf": (MF, MFConfig),
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "lightgcn": (LightGCN, LightGCNConfig),
 }
+#: name → (model class, config class), one entry per name of :data:`engine.config.MODEL_NAMES`
+#: (in its order), the torch-free list the command line offers.
+MODELS: dict[str, tuple[type[Recommender], type]] = {name: _BACKBONES[name] for name in MODEL_NAMES}
 
 
 def resolved_config(name: str, **overrides: Any) -> dict[str, Any]:
