@@ -12,13 +12,16 @@ from engine.online import OnlineConfig, OnlineTrainer
 from graph_store import sequence_edges
 
 SMALL = {"dim": 8}
+# The training settings these tests were written for (OnlineConfig's defaults until they became
+# the command line's 3e-3 with 2 steps).
+OLD_TRAINING = {"lr": 1e-3, "steps_per_batch": 1}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**kw) -> OnlineConfig:
-    base = {"maxlen": 6, "model_overrides": dict(SMALL), "seed": 0}
+    base = {"maxlen": 6, "model_overrides": dict(SMALL), "seed": 0, **OLD_TRAINING}
     if kw.get("model") == "sasrec" or "model" not in kw:
         base["model_overrides"]["num_blocks"] = 1
     base.update(kw)
