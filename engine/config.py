@@ -128,7 +128,7 @@ class OnlineConfig:
             ``"adamw"`` (the same optimizer without smoothing; its per-row state grows with the
             table, which ``torch.optim.AdamW`` cannot do).
         maxlen: input length ``T`` of the sequential models; ``T + 1`` recent items are kept per
-            user. Also the model's ``maxlen`` unless ``model_overrides`` sets it.
+            user. Also a sequential model's ``maxlen`` unless ``model_overrides`` sets it.
         hops: graph window ``H`` (edge weight ``1/h`` to the ``h``-th previous item).
         half_life: seconds after which an edge's weight halves; ``None`` = no decay.
         lr, weight_decay, betas: AdamW settings. ``lr`` and ``steps_per_batch`` default to
@@ -225,7 +225,9 @@ class OnlineConfig:
         overrides = dict(self.model_overrides)
         if overrides.get("bipartite"):
             raise ValueError("MF with bipartite=True is not supported online (item graph only)")
-        if self.model != "mf" and overrides.get("maxlen", self.maxlen) < self.maxlen:
+        # The trainer feeds a sequential model the last ``maxlen`` items; one built to encode
+        # fewer would reject them. (A model without a maxlen field rejects the key when built.)
+        if overrides.get("maxlen", self.maxlen) < self.maxlen:
             raise ValueError("model_overrides['maxlen'] must be >= maxlen")
         object.__setattr__(self, "model_overrides", overrides)
 
@@ -246,9 +248,3 @@ class OnlineConfig:
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         return cls(**values)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(self.model_overrides)
-        if self.model in ("sasrec", "gru4rec"):
-            kwargs.setdefault("maxlen", self.maxlen)
-        return kwargs

@@ -49,7 +49,7 @@ from engine.config import (
 )
 from engine.config import ONLINE_MODELS as MODELS
 from engine.metrics import target_ranks
-from engine.models import build_model
+from engine.models import Recommender, build_model, model_class
 from engine.optim import SEvoAdamW
 from engine.sevo import Smoother
 from graph_store import ItemGraph
@@ -147,6 +147,15 @@ def _clone_tree(value: Any) -> Any:
     return value
 
 
+def _build_model(config: OnlineConfig, num_items: int, num_users: int) -> Recommender:
+    """The model of ``config`` with these table sizes; a sequential one encodes ``maxlen`` items
+    unless ``model_overrides`` says otherwise."""
+    kwargs = dict(config.model_overrides)
+    if model_class(config.model).sequential:
+        kwargs.setdefault("maxlen", config.maxlen)
+    return build_model(config.model, num_items, num_users, seed=config.seed, **kwargs)
+
+
 class _YoungRowsRaw:
     """ψ, except that rows of items with fewer than ``threshold`` learned events keep their raw
     update (the item counts are read from the trainer at each call)."""
@@ -204,7 +213,7 @@ class OnlineTrainer:
         self.events_applied = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.graph = ItemGraph(2, cfg.half_life)
-        self.model = build_model(cfg.model, 1, 1, seed=cfg.seed, **cfg.model_kwargs())
+        self.model = _build_model(cfg, 1, 1)
         self.optimizer = self._build_optimizer()
 
     # ------------------------------------------------------------------ construction helpers
@@ -569,7 +578,7 @@ class OnlineTrainer:
         try:
             weight = model.item_output_weight()[: n + 1]  # (n+1, D)
             bias = model.item_output_bias()
-            has_user_table = self.config.model == "mf"
+            has_user_table = not model.sequential
             order = np.argsort(ex_rows, kind="stable")
             ex_rows, ex_items = ex_rows[order], ex_items[order]
             step = self.config.eval_batch_size
@@ -652,7 +661,7 @@ class OnlineTrainer:
         rows = self._lookup(self._user_rows, users_s, missing=-1)
         seqs = self._stored_windows(rows)[:, 1:]  # (B, T)
         known = rows >= 0
-        if self.config.model != "mf":
+        if self.model.sequential:  # no items, no representation
             known &= (seqs != 0).any(axis=1)
         model = self.model
         was_training = model.training
@@ -733,7 +742,7 @@ class OnlineTrainer:
             raise ValueError(f"unsupported online trainer state format {state.get('format')!r}")
         cfg = self.config
         n_items, n_users = (int(x) for x in state["model_sizes"])
-        self.model = build_model(cfg.model, n_items, n_users, seed=cfg.seed, **cfg.model_kwargs())
+        self.model = _build_model(cfg, n_items, n_users)
         self.model.load_state_dict(state["model"])
         self.graph = ItemGraph.from_state_arrays({k: v.numpy() for k, v in state["graph"].items()})
         self.optimizer = self._build_optimizer()

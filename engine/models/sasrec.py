@@ -103,6 +103,8 @@ class SASRec(TiedItemTableRecommender):
         torch.Size([1, 101])
     """
 
+    sequential = True  # user_repr encodes the recent items (see Recommender.sequential)
+
     def __init__(
         self,
         num_items: int,
