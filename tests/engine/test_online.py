@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
+from engine.online.ids import assign_rows, lookup_rows
 from graph_store import sequence_edges
 
 SMALL = {"dim": 8}
@@ -112,7 +113,7 @@ def test_graph_edges_equal_the_batch_builder_on_the_same_sequences():
     np.testing.assert_allclose(trainer.graph.degree(), ref.sum(1), rtol=1e-12)
     # Each user's window holds its last maxlen + 1 items.
     for u, seq in zip(np.unique(users), seqs):
-        (vec,) = trainer._stored_windows(np.array([trainer._user_rows[u]]))
+        (vec,) = trainer._users.stored_windows(np.array([trainer._ids.user_rows[u]]))
         tail = seq[-5:]
         assert vec[5 - tail.size :].tolist() == tail.tolist() and not vec[: 5 - tail.size].any()
 
@@ -146,7 +147,7 @@ def test_least_recently_seen_users_are_evicted_beyond_the_bound():
     trainer.learn_many(["a"], ["z"], [3])  # b is now the least recently seen
     trainer.learn_many(["c"], ["x"], [4])
     assert trainer.num_users == 3 and trainer.num_users_in_state == 2
-    assert trainer._slot_of_user[trainer._user_rows["b"]] == -1
+    assert trainer._users.slot_of_user[trainer._ids.user_rows["b"]] == -1
     # b comes back with an empty window: no edge to its old item y.
     trainer.learn_many(["b"], ["z"], [5])
     assert trainer.graph.to_scipy()[2, 3] == 0 and trainer.graph.to_scipy()[1, 3] == 1
@@ -259,12 +260,12 @@ def test_state_dict_round_trip_continues_bit_for_bit(kw):
 def test_id_maps_assign_rows_in_order_of_first_appearance():
     table: dict[str, int] = {}
     ids = ["<pad>"]
-    rows, new = OnlineTrainer._assign(table, ids, np.array(["b", "a", "b", "c"]))
+    rows, new = assign_rows(table, ids, np.array(["b", "a", "b", "c"]))
     assert rows.tolist() == [1, 2, 1, 3] and new == 3 and rows.dtype == np.int64
-    rows, new = OnlineTrainer._assign(table, ids, np.array(["c", "d", "a", "d", "e"]))
+    rows, new = assign_rows(table, ids, np.array(["c", "d", "a", "d", "e"]))
     assert rows.tolist() == [3, 4, 2, 4, 5] and new == 2
     assert ids == ["<pad>", "b", "a", "c", "d", "e"]
     assert table == {k: i for i, k in enumerate(ids) if i}
-    looked = OnlineTrainer._lookup(table, np.array(["e", "zz", "b"]), missing=-1)
+    looked = lookup_rows(table, np.array(["e", "zz", "b"]), missing=-1)
     assert looked.tolist() == [5, -1, 1] and looked.dtype == np.int64
-    assert OnlineTrainer._lookup(table, np.array([], dtype=str), missing=0).shape == (0,)
+    assert lookup_rows(table, np.array([], dtype=str), missing=0).shape == (0,)
