@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
+from engine.online.graph_updates import batch_edges
 from engine.online.ids import assign_rows, lookup_rows
+from engine.online.layout import build_layout
 from graph_store import sequence_edges
 
 SMALL = {"dim": 8}
@@ -116,6 +118,18 @@ def test_graph_edges_equal_the_batch_builder_on_the_same_sequences():
         (vec,) = trainer._users.stored_windows(np.array([trainer._ids.user_rows[u]]))
         tail = seq[-5:]
         assert vec[5 - tail.size :].tolist() == tail.tolist() and not vec[: 5 - tail.size].any()
+
+
+def test_batch_edges_join_each_event_to_its_users_previous_items():
+    # User 0's stored window (W = 3) ends with items 5, 6; user 1 has none. Batch, in arrival
+    # order: user 0 -> 7, user 1 -> 8, user 0 -> 6 (whose 2nd previous item is itself: no edge).
+    items = np.array([7, 8, 6])
+    lay = build_layout(np.array([0, 1, 0]), items, np.array([[0, 5, 6], [0, 0, 0]]))
+    src, dst, w, t = batch_edges(
+        lay, items, np.array([1.0, 1.0, 2.0]), np.array([10.0, 11.0, 12.0]), hops=2
+    )
+    assert src.tolist() == [7, 6, 7] and dst.tolist() == [6, 7, 5]
+    assert w.tolist() == [1.0, 2.0, 0.5] and t.tolist() == [10.0, 12.0, 10.0]
 
 
 def test_event_weights_and_decay_reach_the_graph():
