@@ -1,6 +1,7 @@
 """SEvo optimizers: AdamW / Adam / SGD whose update of the item table is smoothed over a graph.
 
-Smoothing is a per-param-group option (CONVENTIONS 1)::
+Smoothing is a per-param-group option, so one optimizer steps the smoothed tables and every
+other parameter together::
 
     opt = SEvoAdamW(
         [{"params": [model.item_emb.weight], "smoother": Smoother(graph)},
@@ -9,9 +10,9 @@ Smoothing is a per-param-group option (CONVENTIONS 1)::
     )
 
 ψ is applied to the optimizer's *final* update direction of the smoothed group only — never to the
-raw gradient; moment buffers stay unsmoothed and weight decay is not smoothed (DESIGN §2). Groups
-without a smoother are plain AdamW / Adam / SGD. Several params in one smoothed group are stacked
-row-wise (e.g. users on top of items for a bipartite graph) before ψ and split afterwards.
+raw gradient; moment buffers stay unsmoothed and weight decay is not smoothed (docs/design.md).
+Groups without a smoother are plain AdamW / Adam / SGD. Several params in one smoothed group are
+stacked row-wise (e.g. users on top of items for a bipartite graph) before ψ and split afterwards.
 
 Online use: a smoothed table may *grow* between steps (new items get new rows). The optimizer
 extends its state for the new rows with fresh values (zero moments, a per-row step count of zero),
@@ -356,8 +357,8 @@ def sevo_adamw(
     * fused: when all rows of the table are at one step count (always offline; a table that
       grew mid-training has rows at different counts) and torch has a fused Adam kernel for
       its device and dtype, one kernel call updates m and v and writes Δ into a reusable
-      buffer (:func:`_fused_direction`): 0.45–0.6× the general route's time on the 12k × 64
-      Amazon Beauty table on CPU, and no full-size temporaries.
+      buffer (:func:`_fused_direction`): fewer passes over the table than the general route,
+      and no full-size temporaries.
     * general: op by op, with the per-row step tensors.
 
     ``fused=None`` takes the fused route wherever it applies on CPU tables. Choosing it reads
@@ -442,9 +443,9 @@ class SEvoAdamW(_SmoothedOptimizer):
         carry_unsampled: the correction above (default True, the paper's). False treats an
             unsampled row of a smoothed table like AdamW does (its moments decay with the zero
             gradient), so a row nobody samples stops moving instead of repeating its last Δ.
-            Online, where a micro-batch gives gradients to a small share of the rows (1.3k–2.3k
-            of ~10k items on Amazon Beauty), that is the difference between a rare item
-            drifting on and standing still (README, "Online: prequential replay").
+            Online, where a micro-batch gives gradients to only a small share of the rows, that
+            is the difference between a rare item drifting on and standing still (README,
+            "Online: prequential replay").
     """
 
     def __init__(

@@ -1,9 +1,11 @@
-"""Offline training and full-ranking evaluation (the SEvo paper's protocol, DESIGN §6).
+"""Offline training and full-ranking evaluation (the SEvo paper's protocol).
 
 One run = one model, one optimizer, one seed on a leave-one-out :class:`~engine.data.SequenceSplit`:
 train for ``epochs``, validate every ``eval_every`` epochs (NDCG@10 over all items, history
 excluded), keep the best-validation state and report the test metrics at it. The graph SEvo
 smooths over is built from *training* items only, so validation/test never leak into it.
+The run's settings, :class:`OfflineConfig`, live in the torch-free :mod:`engine.config` and are
+re-exported here.
 
 Example:
     >>> from engine.data import load_dataset, core_filter, split_leave_one_out
@@ -20,7 +22,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from graph_store import ItemGraph, category_edges, combine_edges, sequence_edges
 
+from .config import OfflineConfig
 from .data import SequenceSplit
 from .metrics import summarize, target_ranks
 from .models import Recommender, build_model, resolved_config
@@ -47,62 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adamw", "sevo-adamw")
-GRAPHS = ("interactions", "categories", "both")
-
-
-@dataclass(frozen=True)
-class OfflineConfig:
-    """Everything one offline run needs; validated once on construction.
-
-    Defaults are the SEvo paper's SASRec settings on Beauty (see the dataset README).
-    """
-
-    model: str = "sasrec"
-    optimizer: str = "sevo-adamw"
-    graph: str = "interactions"
-    epochs: int = 200
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    maxlen: int = 50
-    sevo_beta: float = 0.99
-    sevo_steps: int = 3
-    hops: int = 1
-    category_weight: float | None = None
-    max_category_size: int | None = 500
-    eval_every: int = 5
-    eval_batch_size: int = 1024
-    patience: int | None = None
-    seed: int = 0
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.graph not in GRAPHS:
-            raise ValueError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
-        for name in ("epochs", "batch_size", "maxlen", "eval_every", "eval_batch_size", "hops"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(
-                f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}"
-            ) from exc
-
-    @property
-    def uses_sevo(self) -> bool:
-        return self.optimizer == "sevo-adamw"
 
 
 @dataclass
@@ -314,7 +261,12 @@ def train_offline(
         on_eval: called after every validation with the curve point (for partial results).
         keep_model: attach the best model to the result (for embedding analyses).
     """
-    device = torch.device(config.device)
+    try:  # OfflineConfig checked the form of the name; only torch knows which types exist
+        device = torch.device(config.device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda', got {config.device!r}"
+        ) from exc
     # Dropout, negatives and masks draw from a generator on the model's device (a CUDA run is
     # reproducible run to run, but not bit-equal to a CPU run with the same seed).
     generator = torch.Generator(device=device).manual_seed(config.seed)

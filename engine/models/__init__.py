@@ -1,8 +1,9 @@
 """Recommender backbones and a name → model registry.
 
 Every model subclasses :class:`Recommender` (``loss`` / ``user_repr`` / ``score_all`` /
-``item_output_weight`` / ``smoothing_groups`` / ``grow``) and has a frozen config dataclass whose
-defaults are the SEvo paper's settings.
+``item_output_weight`` / ``smoothing_groups`` / ``grow``), declares what its user representation
+reads (:attr:`Recommender.sequential`) and has a frozen config dataclass whose defaults are the
+SEvo paper's settings.
 
 Example:
     >>> model = build_model("sasrec", num_items=100, num_users=10, dropout=0.2)
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from engine.config import MODEL_NAMES
 from engine.models.base import Batch, Recommender
 from engine.models.bert4rec import BERT4Rec, BERT4RecConfig
 from engine.models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -37,17 +39,38 @@ __all__ = [
     "SASRec",
     "SASRecConfig",
     "build_model",
+    "model_class",
     "resolved_config",
 ]
 
-#: name → (model class, config class)
-MODELS: dict[str, tuple[type[Recommender], type]] = {
+_BACKBONES: dict[str, tuple[type[Recommender], type]] = {
     "sasrec": (SASRec, SASRecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "mf": (MF, MFConfig),
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "lightgcn": (LightGCN, LightGCNConfig),
 }
+#: name → (model class, config class), one entry per name of :data:`engine.config.MODEL_NAMES`
+#: (in its order), the torch-free list the command line offers.
+MODELS: dict[str, tuple[type[Recommender], type]] = {name: _BACKBONES[name] for name in MODEL_NAMES}
+
+
+def _entry(name: str) -> tuple[type[Recommender], type]:
+    """``MODELS[name]`` by case-insensitive name; ``ValueError`` listing the known names."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+def model_class(name: str) -> type[Recommender]:
+    """The class :func:`build_model` builds for ``name``, e.g. to read its declared
+    capabilities (:attr:`Recommender.sequential`) before choosing the config to build it with.
+
+    Raises:
+        ValueError: unknown model name (the message lists the known ones).
+    """
+    return _entry(name)[0]
 
 
 def resolved_config(name: str, **overrides: Any) -> dict[str, Any]:
@@ -59,10 +82,7 @@ def resolved_config(name: str, **overrides: Any) -> dict[str, Any]:
     Raises:
         ValueError: as :func:`build_model` for unknown names, fields or values.
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
-    config_cls = MODELS[key][1]
+    config_cls = _entry(name)[1]
     fields = [f.name for f in dataclasses.fields(config_cls)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:

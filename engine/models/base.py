@@ -21,6 +21,7 @@ The encoder (``encode``) is kept apart from the training head (``loss``) and the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -52,10 +53,16 @@ class Recommender(nn.Module, ABC):
     Attributes:
         num_items: number of real items (the item tables have ``num_items + 1`` rows, row 0 = pad).
         num_users: number of users (only MF and LightGCN have a user table).
+        sequential: what :meth:`user_repr` reads, declared by every backbone so callers ask the
+            model instead of checking its name. True: it encodes the input sequence
+            ``batch["seqs"]``, and the model's config has a ``maxlen`` (the longest input it
+            encodes); a user without items has no representation of its own. False: it reads
+            the user's row of a user table (``batch["users"]``) and ignores ``seqs``.
     """
 
     num_items: int
     num_users: int
+    sequential: ClassVar[bool]
 
     @abstractmethod
     def loss(self, batch: Batch, generator: torch.Generator) -> Tensor:

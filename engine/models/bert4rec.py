@@ -91,6 +91,8 @@ class BERT4Rec(Recommender):
         torch.Size([1, 101])
     """
 
+    sequential = True  # user_repr encodes the recent items (see Recommender.sequential)
+
     def __init__(
         self,
         num_items: int,

@@ -102,6 +102,8 @@ class GRU4Rec(TiedItemTableRecommender):
         torch.Size([1, 3, 64])
     """
 
+    sequential = True  # user_repr encodes the recent items (see Recommender.sequential)
+
     def __init__(
         self,
         num_items: int,

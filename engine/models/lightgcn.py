@@ -71,6 +71,8 @@ class LightGCN(Recommender):
         torch.Size([2, 6])
     """
 
+    sequential = False  # user_repr reads the user table (see Recommender.sequential)
+
     def __init__(
         self,
         num_items: int,

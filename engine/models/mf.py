@@ -68,6 +68,8 @@ class MF(Recommender):
         torch.Size([1, 101])
     """
 
+    sequential = False  # user_repr reads the user table (see Recommender.sequential)
+
     def __init__(
         self,
         num_items: int,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from engine.models import MODELS, Recommender, build_model
+from engine.models import MODELS, Recommender, build_model, model_class
 from engine.models.base import dropout, sample_negatives
 
 NAMES = list(MODELS)
@@ -84,6 +84,25 @@ def test_registry_rejects_unknown_names_and_fields():
         build_model("mf", N_ITEMS, 0)
     with pytest.raises(ValueError, match="num_items"):
         build_model("sasrec", 0, N_USERS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_backbone_declares_what_its_user_representation_reads(name):
+    cls = model_class(name)
+    assert cls is MODELS[name][0] and isinstance(cls.sequential, bool)
+    assert cls.sequential == (name in SEQUENTIAL)
+    model = make(name).eval()
+    batch = _batch()
+    other_users = {**batch, "users": batch["users"].flip(0)}
+    other_seqs = {**batch, "seqs": batch["seqs"].flip(0)}
+    with torch.no_grad():
+        # Sequential: the sequence defines the representation (and maxlen bounds it); otherwise
+        # the user row does and the sequence is ignored.
+        assert "maxlen" in dataclasses.asdict(model.config) or not cls.sequential
+        same_when_users_change = torch.equal(model.user_repr(batch), model.user_repr(other_users))
+        same_when_seqs_change = torch.equal(model.user_repr(batch), model.user_repr(other_seqs))
+    assert same_when_users_change == cls.sequential
+    assert same_when_seqs_change == (not cls.sequential)
 
 
 def test_configs_are_frozen():

@@ -9,16 +9,22 @@ import pytest
 import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
+from engine.online.graph_updates import batch_edges
+from engine.online.ids import assign_rows, lookup_rows
+from engine.online.layout import build_layout
 from graph_store import sequence_edges
 
 SMALL = {"dim": 8}
+# The training settings these tests were written for (OnlineConfig's defaults until they became
+# the command line's 3e-3 with 2 steps).
+OLD_TRAINING = {"lr": 1e-3, "steps_per_batch": 1}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**kw) -> OnlineConfig:
-    base = {"maxlen": 6, "model_overrides": dict(SMALL), "seed": 0}
+    base = {"maxlen": 6, "model_overrides": dict(SMALL), "seed": 0, **OLD_TRAINING}
     if kw.get("model") == "sasrec" or "model" not in kw:
         base["model_overrides"]["num_blocks"] = 1
     base.update(kw)
@@ -109,9 +115,21 @@ def test_graph_edges_equal_the_batch_builder_on_the_same_sequences():
     np.testing.assert_allclose(trainer.graph.degree(), ref.sum(1), rtol=1e-12)
     # Each user's window holds its last maxlen + 1 items.
     for u, seq in zip(np.unique(users), seqs):
-        (vec,) = trainer._stored_windows(np.array([trainer._user_rows[u]]))
+        (vec,) = trainer._users.stored_windows(np.array([trainer._ids.user_rows[u]]))
         tail = seq[-5:]
         assert vec[5 - tail.size :].tolist() == tail.tolist() and not vec[: 5 - tail.size].any()
+
+
+def test_batch_edges_join_each_event_to_its_users_previous_items():
+    # User 0's stored window (W = 3) ends with items 5, 6; user 1 has none. Batch, in arrival
+    # order: user 0 -> 7, user 1 -> 8, user 0 -> 6 (whose 2nd previous item is itself: no edge).
+    items = np.array([7, 8, 6])
+    lay = build_layout(np.array([0, 1, 0]), items, np.array([[0, 5, 6], [0, 0, 0]]))
+    src, dst, w, t = batch_edges(
+        lay, items, np.array([1.0, 1.0, 2.0]), np.array([10.0, 11.0, 12.0]), hops=2
+    )
+    assert src.tolist() == [7, 6, 7] and dst.tolist() == [6, 7, 5]
+    assert w.tolist() == [1.0, 2.0, 0.5] and t.tolist() == [10.0, 12.0, 10.0]
 
 
 def test_event_weights_and_decay_reach_the_graph():
@@ -143,7 +161,7 @@ def test_least_recently_seen_users_are_evicted_beyond_the_bound():
     trainer.learn_many(["a"], ["z"], [3])  # b is now the least recently seen
     trainer.learn_many(["c"], ["x"], [4])
     assert trainer.num_users == 3 and trainer.num_users_in_state == 2
-    assert trainer._slot_of_user[trainer._user_rows["b"]] == -1
+    assert trainer._users.slot_of_user[trainer._ids.user_rows["b"]] == -1
     # b comes back with an empty window: no edge to its old item y.
     trainer.learn_many(["b"], ["z"], [5])
     assert trainer.graph.to_scipy()[2, 3] == 0 and trainer.graph.to_scipy()[1, 3] == 1
@@ -256,12 +274,12 @@ def test_state_dict_round_trip_continues_bit_for_bit(kw):
 def test_id_maps_assign_rows_in_order_of_first_appearance():
     table: dict[str, int] = {}
     ids = ["<pad>"]
-    rows, new = OnlineTrainer._assign(table, ids, np.array(["b", "a", "b", "c"]))
+    rows, new = assign_rows(table, ids, np.array(["b", "a", "b", "c"]))
     assert rows.tolist() == [1, 2, 1, 3] and new == 3 and rows.dtype == np.int64
-    rows, new = OnlineTrainer._assign(table, ids, np.array(["c", "d", "a", "d", "e"]))
+    rows, new = assign_rows(table, ids, np.array(["c", "d", "a", "d", "e"]))
     assert rows.tolist() == [3, 4, 2, 4, 5] and new == 2
     assert ids == ["<pad>", "b", "a", "c", "d", "e"]
     assert table == {k: i for i, k in enumerate(ids) if i}
-    looked = OnlineTrainer._lookup(table, np.array(["e", "zz", "b"]), missing=-1)
+    looked = lookup_rows(table, np.array(["e", "zz", "b"]), missing=-1)
     assert looked.tolist() == [5, -1, 1] and looked.dtype == np.int64
-    assert OnlineTrainer._lookup(table, np.array([], dtype=str), missing=0).shape == (0,)
+    assert lookup_rows(table, np.array([], dtype=str), missing=0).shape == (0,)

@@ -50,7 +50,9 @@ def kafka_config(bootstrap: str, topic: str, group: str | None) -> KafkaConfig:
 
 
 def tiny_trainer() -> OnlineTrainer:
-    return OnlineTrainer(OnlineConfig(model="mf", maxlen=5, model_overrides={"dim": 8}))
+    return OnlineTrainer(
+        OnlineConfig(model="mf", maxlen=5, model_overrides={"dim": 8}, lr=1e-3, steps_per_batch=1)
+    )
 
 
 def ml100k_events(n: int) -> list[Event]:

@@ -109,7 +109,9 @@ def test_metrics_move_while_a_consumer_runs(kafka_broker, unique_name, tmp_path)
         session_timeout_ms=3000,
         heartbeat_interval_ms=500,
     )
-    trainer = OnlineTrainer(OnlineConfig(model="mf", maxlen=5, model_overrides={"dim": 8}))
+    trainer = OnlineTrainer(
+        OnlineConfig(model="mf", maxlen=5, model_overrides={"dim": 8}, lr=1e-3, steps_per_batch=1)
+    )
 
     def consume() -> None:
         out["summary"] = run_consumer(

@@ -14,7 +14,13 @@ from streaming.cli import main
 from streaming.events import JsonlDeadLetterSink
 from streaming.replay import LogSource, Prequential, run_replay
 
-TINY = {"maxlen": 5, "model_overrides": {"dim": 8, "num_blocks": 1}, "seed": 0}
+TINY = {
+    "maxlen": 5,
+    "model_overrides": {"dim": 8, "num_blocks": 1},
+    "seed": 0,
+    "lr": 1e-3,  # the training settings these tests were written for
+    "steps_per_batch": 1,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -110,7 +110,9 @@ def _events(n: int, seed: int = 0, users: int = 40, items: int = 120):
 
 
 def _trainer() -> OnlineTrainer:
-    return OnlineTrainer(OnlineConfig(model="mf", maxlen=5, model_overrides={"dim": 8}))
+    return OnlineTrainer(
+        OnlineConfig(model="mf", maxlen=5, model_overrides={"dim": 8}, lr=1e-3, steps_per_batch=1)
+    )
 
 
 def _wait_for(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
