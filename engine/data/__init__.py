@@ -25,6 +25,9 @@ The package's modules, each re-exported here:
 
 * :mod:`~engine.data.interactions`: the :class:`Interactions` / :class:`Ragged` containers,
   :func:`build_interactions` (id encoding) and :func:`dataset_stats`;
+* :mod:`~engine.data.events`: the JSON event record (schema, validation with reason codes,
+  ISO-8601 or unix-seconds timestamps), the one parser that the loaders and the streaming edge
+  share (import it from there: its ``parse_records`` returns rejects, not dead letters);
 * :mod:`~engine.data.loaders`: file readers (MovieLens-100K/1M, Amazon TSV + attributes, generic
   CSV/TSV/JSON event logs), :class:`DataFormatError`;
 * :mod:`~engine.data.datasets`: the registry of named data sets, their download into a user cache

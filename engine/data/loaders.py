@@ -18,6 +18,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from engine.data.events import Event, RecordError, parse_records, parse_time_text, validate_record
 from engine.data.interactions import Interactions, build_interactions
 
 __all__ = [
@@ -167,38 +168,23 @@ def _parse_floats(path: Path, values: np.ndarray, lines: Sequence[int], what: st
     return out
 
 
-def _parse_times(path: Path, values: Sequence[Any], lines: Sequence[int]) -> np.ndarray:
-    """Unix seconds from numbers/numeric strings, or from ISO-8601 strings (read as UTC)."""
+def _parse_times(path: Path, values: np.ndarray, lines: Sequence[int]) -> np.ndarray:
+    """Unix seconds of a text timestamp column: numeric text or ISO-8601 date-times (no offset
+    means UTC), each cell read by :func:`engine.data.events.parse_time_text`."""
     try:
-        out = np.asarray(values, dtype=np.float64)
-        if np.all(np.isfinite(out)):
+        # Fast path for the common all-numeric column; any failure falls back to cell by cell.
+        out = np.asarray(values).astype(np.float64)
+        if out.size == 0 or (np.all(np.isfinite(out)) and out.min() >= 0):
             return out
     except (ValueError, TypeError):
         pass
-    try:
-        arr = np.char.strip(np.asarray([str(v) for v in values]))
-        # Only date-like strings ("YYYY-MM-DD..."); a bare number must never parse as a year.
-        if arr.size and bool(np.all(np.char.find(arr, "-") > 0)):
-            stamps = np.char.rstrip(arr, "Z").astype("datetime64[us]")
-            if not np.any(np.isnat(stamps)):
-                return stamps.astype(np.int64).astype(np.float64) / 1e6
-    except (ValueError, TypeError):
-        pass
-    for v, line in zip(values, lines, strict=True):
+    parsed = np.empty(len(values), dtype=np.float64)
+    for k, (v, line) in enumerate(zip(np.asarray(values).tolist(), lines, strict=True)):
         try:
-            ok = np.isfinite(float(v))
-        except (ValueError, TypeError):
-            sv = str(v).strip()
-            try:
-                ok = sv.find("-") > 0 and not np.isnat(np.datetime64(sv.rstrip("Z")))
-            except ValueError:
-                ok = False
-        if not ok:
-            raise DataFormatError(
-                f"{path}, line {line}: bad timestamp {v!r} "
-                "(expected unix seconds or an ISO-8601 UTC date-time)"
-            ) from None
-    raise DataFormatError(f"{path}: timestamps mix unix seconds and date-times")
+            parsed[k] = parse_time_text(str(v))
+        except RecordError as exc:
+            raise DataFormatError(f"{path}, line {line}: {exc}") from None
+    return parsed
 
 
 def _header_index(path: Path, header: Sequence[str], required: Sequence[str]) -> list[int]:
@@ -459,8 +445,16 @@ def load_amazon(path: Path, attributes: Path | None = None) -> Interactions:
 def load_events(path: Path) -> Interactions:
     """Loads a generic event log: JSON lines, a JSON array, or CSV/TSV with a header.
 
-    Each record needs ``user_id``, ``item_id`` and ``timestamp`` (unix seconds, or an ISO-8601
-    date-time read as UTC); extra fields are ignored. Blank lines are skipped. Ties keep file order.
+    JSON records follow the event record schema of :mod:`engine.data.events` (the parser the
+    streaming edge uses too): ``user_id``, ``item_id`` and ``timestamp`` (unix seconds, or an
+    ISO-8601 date-time; one without an offset is read as UTC), optional ``weight`` and
+    ``event_type`` (validated, then not kept); other fields are ignored. A CSV/TSV file needs the
+    columns ``user_id``, ``item_id`` and ``timestamp`` (numeric or ISO-8601 text). Blank lines
+    are skipped. Ties keep file order. There is no far-future check: an offline log has no "now".
+
+    Unlike the streaming edge, which turns each bad record into a dead letter, this loader rejects
+    the whole file at the first bad record, so that a model is never trained on a silently
+    trimmed data set.
 
     Args:
         path: A ``.jsonl``/``.json`` file, or a ``.csv``/``.tsv`` file with a header line.
@@ -470,53 +464,48 @@ def load_events(path: Path) -> Interactions:
 
     Raises:
         FileNotFoundError: If the file is missing.
-        DataFormatError: If a line is not a JSON object or lacks a field.
+        DataFormatError: If a record is invalid; the message names the line (the record's
+            position for a JSON array), what is wrong and the parser's reason code, e.g.
+            ``"events.jsonl, line 3: timestamp '2024-02-30' is not a valid ISO-8601 date-time
+            [bad_timestamp]"``.
     """
     path = _require_file(Path(path))
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
         (u, i, t), lines = _read_header_table(path, ("user_id", "item_id", "timestamp"))
         return build_interactions(u, i, _parse_times(path, t, lines), name=path.stem)
-    text = path.read_text(encoding="utf-8-sig")
-    records, lines = _parse_json_records(path, text)
-    fields = ("user_id", "item_id", "timestamp")
-    for rec, line in zip(records, lines, strict=True):
-        if not isinstance(rec, dict):
-            raise DataFormatError(f"{path}, line {line}: expected a JSON object, got {rec!r}")
-        missing = [f for f in fields if f not in rec or rec[f] is None]
-        if missing:
-            raise DataFormatError(f"{path}, line {line}: missing field(s) {missing}")
-    users = [r["user_id"] for r in records]
-    items = [r["item_id"] for r in records]
-    times = _parse_times(path, [r["timestamp"] for r in records], lines)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not valid UTF-8 text ({exc})") from exc
+    if text.lstrip().startswith("["):
+        events = _json_array_events(path, text)
+    else:
+        raw_lines = text.splitlines()
+        numbers = [n for n, line in enumerate(raw_lines, start=1) if line.strip()]
+        events, rejected = parse_records([raw_lines[n - 1] for n in numbers])
+        if rejected:
+            first = rejected[0]
+            raise DataFormatError(
+                f"{path}, line {numbers[first.index]}: {first.detail} [{first.reason}]"
+            )
     return build_interactions(
-        np.array([str(x) for x in users], dtype=str),
-        np.array([str(x) for x in items], dtype=str),
-        times,
+        np.array([e.user_id for e in events], dtype=str),
+        np.array([e.item_id for e in events], dtype=str),
+        np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events)),
         name=path.stem,
     )
 
 
-def _parse_json_records(path: Path, text: str) -> tuple[list[Any], list[int]]:
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}: invalid JSON ({exc})") from exc
-        return records, list(range(1, len(records) + 1))
-    raw_lines = text.splitlines()
-    lines = [n for n, s in enumerate(raw_lines, start=1) if s.strip()]
-    kept = [raw_lines[n - 1] for n in lines]
+def _json_array_events(path: Path, text: str) -> list[Event]:
+    """The events of a file holding one JSON array of records; the first bad one rejects all."""
     try:
-        # One C-level parse of all lines; per-line parsing only to locate an error.
-        records = json.loads("[" + ",".join(kept) + "]")
-        if len(records) == len(kept):
-            return records, lines
-    except json.JSONDecodeError:
-        pass
-    for s, n in zip(kept, lines, strict=True):
+        records = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise DataFormatError(f"{path}: invalid JSON ({exc})") from exc
+    events = []
+    for k, record in enumerate(records, start=1):
         try:
-            json.loads(s)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}, line {n}: invalid JSON ({exc})") from exc
-    raise DataFormatError(f"{path}: each line must hold exactly one JSON object")
+            events.append(validate_record(record))
+        except RecordError as exc:
+            raise DataFormatError(f"{path}, record {k}: {exc}") from None
+    return events
