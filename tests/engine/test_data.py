@@ -489,12 +489,12 @@ def test_beauty_missing_gives_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
         load_dataset("beauty")
 
 
-_BEAUTY = datasets_mod._beauty_dir()
+_BEAUTY = datasets_mod.beauty_dir()
 
 
 @pytest.mark.skipif(
     not (_BEAUTY / "interactions.tsv").is_file() or "SEVO_BEAUTY_DIR" in os.environ,
-    reason="Amazon Beauty data not beside the repository (benchmark data, optional)",
+    reason="Amazon Beauty not fetched (`sevo data fetch beauty`; benchmark data, optional)",
 )
 def test_beauty_counts_when_present() -> None:
     inter = load_dataset("beauty")
