@@ -35,11 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.data import beauty_dir  # noqa: E402
 from engine.optim import SEvoAdamW  # noqa: E402
 from engine.sevo import Smoother  # noqa: E402
 from graph_store import ItemGraph, sequence_edges  # noqa: E402
-
-DEFAULT_BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty"
 
 
 def timeit(fn, repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -214,9 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller graph, fewer repeats")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "graph.json")
-    parser.add_argument(
-        "--beauty", type=Path, default=Path(os.environ.get("SEVO_BEAUTY_DIR", DEFAULT_BEAUTY))
-    )
+    parser.add_argument("--beauty", type=Path, default=beauty_dir())
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

