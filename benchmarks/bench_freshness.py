@@ -4,7 +4,8 @@ A client process (producer + readers, as an application would be) sends ML-100K 
 ``sevo produce`` order) to Kafka at a fixed rate with kafka-python, recording for each event
 its send time (wall clock, also its event ``timestamp``) and, from the send future's
 ``RecordMetadata``, its partition and offset. The engine consumes them with
-:func:`streaming.consumer.run_consumer` (the code behind ``sevo run``) and publishes through an
+:class:`streaming.pipeline.Pipeline` on a Kafka source (the code behind ``sevo run``) and
+publishes through an
 :class:`~streaming.serving.EmbeddingPublisher` every ``publish_every_s``. In the client
 process:
 
@@ -86,8 +87,8 @@ def _client(args: argparse.Namespace) -> int:
     from kafka import KafkaProducer
 
     from streaming.events import Event, encode_event
-    from streaming.replay import LogSource
     from streaming.serving import EmbeddingClient, SnapshotStore, connect
+    from streaming.sources.log import LogSource
 
     count = args.count
     batch = LogSource("ml-100k", batch_size=count, limit=count).next_batch()
@@ -98,7 +99,7 @@ def _client(args: argparse.Namespace) -> int:
     samples = _sample_indices(users, count, args.user_samples)
     sample_of = {i: k for k, i in enumerate(samples)}
 
-    producer = KafkaProducer(  # the settings of streaming.kafka_io.produce_events
+    producer = KafkaProducer(  # the settings of streaming.sources.kafka.produce_events
         bootstrap_servers=[args.bootstrap], client_id="bench-freshness", acks="all", linger_ms=5
     )
     producer.partitions_for(args.topic)  # metadata before the clock starts
@@ -305,10 +306,12 @@ def _measure(
 
     from engine.online import OnlineConfig, OnlineTrainer
     from streaming.checkpoint import CheckpointStore
-    from streaming.consumer import ConsumerConfig, run_consumer
-    from streaming.kafka_io import KafkaConfig, ensure_topic
+    from streaming.config import PipelineConfig
+    from streaming.kafka_client import ensure_topic
     from streaming.metrics import EngineMetrics
+    from streaming.pipeline import Pipeline
     from streaming.serving import EmbeddingPublisher, PublishConfig
+    from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 
     torch.set_num_threads(args.threads)
     count = int(args.rate * args.seconds)
@@ -349,7 +352,7 @@ def _measure(
         )
 
         def on_batch(report) -> None:
-            times = np.fromiter((e.timestamp for e in report.events), np.float64)
+            times = report.batch.times
             applied.append(report.applied_at - times)
             span[0] = min(span[0], report.applied_at - report.batch_s)
             span[1] = report.applied_at
@@ -366,22 +369,20 @@ def _measure(
 
         def consume() -> None:
             try:
-                out["summary"] = run_consumer(
-                    kafka,
+                out["summary"] = Pipeline(
                     trainer,
                     CheckpointStore(workdir / topic),
-                    ConsumerConfig(
+                    PipelineConfig(
                         checkpoint_every_events=args.checkpoint_every,
                         checkpoint_every_s=60.0,
                         max_batch=args.max_batch,
                         batch_timeout_ms=args.batch_timeout_ms,
                         lag_every_s=1.0,
                     ),
-                    stop=stop,
                     metrics=metrics,
                     on_batch=on_batch,
                     publisher=publisher,
-                )
+                ).run(KafkaEventSource(kafka), stop=stop)
             except BaseException as exc:  # reported by the caller
                 out["error"] = exc
                 publisher.close()

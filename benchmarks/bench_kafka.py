@@ -2,7 +2,8 @@
 
 A producer process publishes ML-100K events (in ``sevo produce`` order) at a fixed rate, each
 stamped with the wall clock at the moment it is handed to the Kafka client (its event
-``timestamp``); the engine consumes them with :func:`streaming.consumer.run_consumer` (the code
+``timestamp``); the engine consumes them with :class:`streaming.pipeline.Pipeline` on a Kafka
+source (the code
 behind ``sevo run``: micro-batches, dead-letter handling, periodic checkpoints + commits) and,
 for every event, records ``applied_at - timestamp`` where ``applied_at`` is when
 ``learn_many`` returned for its batch — from then on the event is in the state the next
@@ -50,8 +51,8 @@ log = logging.getLogger("bench_kafka")
 def _produce(bootstrap: str, topic: str, rate: float, count: int) -> int:
     """Wait for a line on stdin, then produce ``count`` ML-100K events at ``rate``/s, each
     stamped with the send time."""
-    from streaming.kafka_io import produce_events
-    from streaming.replay import LogSource
+    from streaming.kafka_client import produce_events
+    from streaming.sources.log import LogSource
 
     batch = LogSource("ml-100k", batch_size=count, limit=count).next_batch()
     pairs = list(zip(batch.users.tolist(), batch.items.tolist()))
@@ -78,9 +79,11 @@ def _measure(
 
     from engine.online import OnlineConfig, OnlineTrainer
     from streaming.checkpoint import CheckpointStore
-    from streaming.consumer import ConsumerConfig, run_consumer
-    from streaming.kafka_io import KafkaConfig, ensure_topic
+    from streaming.config import PipelineConfig
+    from streaming.kafka_client import ensure_topic
     from streaming.metrics import EngineMetrics
+    from streaming.pipeline import Pipeline
+    from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 
     torch.set_num_threads(args.threads)
     count = int(args.rate * args.seconds)
@@ -110,10 +113,10 @@ def _measure(
     def on_batch(report) -> None:
         nonlocal step_s, train_s, first_fetch, last_applied
         fetched = report.applied_at - report.batch_s
-        times = np.fromiter((e.timestamp for e in report.events), np.float64)
+        times = report.batch.times
         latency.append(report.applied_at - times)
         transport.append(fetched - times)
-        sizes.append(report.records)
+        sizes.append(report.batch.records)
         step_s += report.step_s
         if report.stats is not None:
             train_s += report.stats["seconds"]["train"]
@@ -133,21 +136,19 @@ def _measure(
     out: dict = {}
 
     def consume() -> None:
-        out["summary"] = run_consumer(
-            kafka,
+        out["summary"] = Pipeline(
             trainer,
             CheckpointStore(workdir / topic),
-            ConsumerConfig(
+            PipelineConfig(
                 checkpoint_every_events=args.checkpoint_every,
                 checkpoint_every_s=60.0,
                 max_batch=args.max_batch,
                 batch_timeout_ms=batch_timeout_ms,
                 lag_every_s=1.0,
             ),
-            stop=stop,
             metrics=metrics,
             on_batch=on_batch,
-        )
+        ).run(KafkaEventSource(kafka), stop=stop)
 
     thread = threading.Thread(target=consume, name="engine")
     thread.start()

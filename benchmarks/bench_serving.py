@@ -1,4 +1,4 @@
-"""Redis serving micro-benchmarks: snapshot publishing and the reading client (DESIGN §5).
+"""Redis serving micro-benchmarks: snapshot publishing and the reading client.
 
 Against a real ``redis-server`` started on a free loopback port (a temporary directory, no
 persistence; stopped at the end), this measures:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
-from streaming.replay import LogSource
+from streaming.sources.log import LogSource
 
 TOLERANCES = (0.0, 1e-3, 1e-2, 3e-2, 1e-1)
 

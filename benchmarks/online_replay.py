@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.online import OnlineConfig, OnlineTrainer  # noqa: E402
-from streaming.replay import LogSource, run_replay  # noqa: E402
+from streaming.config import PipelineConfig  # noqa: E402
+from streaming.pipeline import Pipeline  # noqa: E402
+from streaming.sources.log import LogSource  # noqa: E402
 
 VARIANTS = {
     "adamw": {"optimizer": "adamw"},
@@ -60,7 +62,10 @@ def main() -> int:
         )
         source = LogSource(args.data, batch_size=args.batch_size, limit=limit)
         start = time.perf_counter()
-        summary = run_replay(source, OnlineTrainer(config), prequential=True, progress=False)
+        summary = Pipeline(
+            OnlineTrainer(config),
+            config=PipelineConfig.for_replay(prequential=True, progress=False),
+        ).run(source)
         summary["wall_seconds"] = time.perf_counter() - start
         summary["config"] = config.to_dict()
         results[name] = summary

@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
-from streaming.replay import LogSource, run_replay
+from streaming.config import PipelineConfig
+from streaming.pipeline import Pipeline
+from streaming.sources.log import LogSource
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86_400.0
@@ -106,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             source = LogSource(data, batch_size=args.batch_size, limit=limit)
             print(f"{name}: replaying {len(source)} events ...", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            summary = run_replay(source, OnlineTrainer(config), prequential=True, progress=False)
+            summary = Pipeline(
+                OnlineTrainer(config),
+                config=PipelineConfig.for_replay(prequential=True, progress=False),
+            ).run(source)
             summary.update(
                 data=data,
                 optimizer=optimizer,

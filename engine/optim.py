@@ -26,13 +26,15 @@ it round-trips through ``torch.save`` / ``torch.load(..., weights_only=True)``;
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.adam import adam as _torch_adam
+from torch.optim.adam import adam as _torch_adam_fn
+from torch.optim.adamw import adamw as _torch_adamw_fn
 
 __all__ = ["SEvoAdam", "SEvoAdamW", "SEvoSGD", "sevo_adam", "sevo_sgd"]
 
@@ -192,6 +194,22 @@ class _SmoothedOptimizer(Optimizer):
 
     def _init_buffers(self, p: Tensor, state: dict[str, Tensor]) -> None:
         raise NotImplementedError
+
+
+# torch >= 2.6 runs AdamW as Adam with ``decoupled_weight_decay``; older releases have only the
+# separate functional ``adamw``. Both compute the same update.
+_ADAM_DECOUPLES = "decoupled_weight_decay" in inspect.signature(_torch_adam_fn).parameters
+
+
+def _torch_adam(*args: Any, decoupled_weight_decay: bool, **kwargs: Any) -> None:
+    """torch's functional Adam (``decoupled_weight_decay=False``) or AdamW (True), on any
+    supported torch release."""
+    if _ADAM_DECOUPLES:
+        _torch_adam_fn(*args, decoupled_weight_decay=decoupled_weight_decay, **kwargs)
+    elif decoupled_weight_decay:
+        _torch_adamw_fn(*args, **kwargs)
+    else:
+        _torch_adam_fn(*args, **kwargs)
 
 
 def _fused_devices() -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Build item–item graphs from the three sources the SEvo paper uses (DESIGN §2).
+"""Build item–item graphs from the three sources the SEvo paper uses.
 
 Every builder returns edge lists ``(src, dst, weight)`` with ``src < dst`` (one entry per
 undirected pair, duplicates already summed) via ``*_edges`` functions, and an :class:`ItemGraph`
@@ -60,7 +60,7 @@ def sequence_edges(
     maxlen: int | None = None,
     ignore: int | None = 0,
 ) -> Edges:
-    """Co-occurrence edges from chronological user sequences (DESIGN §2, "Interactions").
+    """Co-occurrence edges from chronological user sequences.
 
     For hop h = 1..H, adds 1/h between ``x_i`` and ``x_{i+h}`` of each user's sequence, after
     truncating each sequence to its last ``maxlen`` items. With H = 1 an edge weight counts how
@@ -164,7 +164,7 @@ def knn_edges(
     """Knowledge-distillation graph: symmetrised kNN over a teacher's item embeddings.
 
     ``d_ij = 1 − cos(e_i, e_j)``; ``ŵ_ij = exp(−d_ij / τ)`` for j among i's k nearest neighbours
-    (excluding i); ``w_ij = ŵ_ij + ŵ_ji`` (DESIGN §2). Computed in row blocks with dense matrix
+    (excluding i); ``w_ij = ŵ_ij + ŵ_ji``. Computed in row blocks with dense matrix
     products, so memory is O(block_size · N).
 
     Args:

@@ -1,4 +1,4 @@
-"""The ``sevo`` command line: one entry point, subcommands imported lazily (CONVENTIONS 12).
+"""The ``sevo`` command line: one entry point, subcommands imported lazily.
 
 This is the only module that reads argv and the environment and wires the packages together.
 """
@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from streaming.serving_cli import (
     add_publish_args,
@@ -276,43 +279,76 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- sevo replay / inspect
-def _cmd_replay(args: argparse.Namespace) -> int:
-    import torch
+def _install_stop_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGTERM/SIGINT set ``stop`` (the pipeline finishes its batch, checkpoints and exits
+    0); a second signal aborts at once. Returns the previous handlers (main thread only)."""
 
-    from engine.online import OnlineTrainer
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("%s received again: aborting without a final checkpoint", name)
+            raise KeyboardInterrupt
+        log.info("%s received: stopping after the current batch (again to abort)", name)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _run_pipeline(args: argparse.Namespace, source: Any, config: Any, trainer: Any, **kw: Any):
+    """Build the one pipeline around ``source`` and run it until it ends or is stopped."""
     from streaming.checkpoint import CheckpointStore
-    from streaming.events import JsonlDeadLetterSink
-    from streaming.replay import LogSource, run_replay
+    from streaming.pipeline import Pipeline
 
-    torch.set_num_threads(args.threads)
-    config = _online_config(args)
-    source = LogSource(
-        args.source, batch_size=args.batch_size, rate=args.rate, limit=args.max_events
-    )
     store = CheckpointStore(args.checkpoint_dir, keep=args.keep) if args.checkpoint_dir else None
-    sink = JsonlDeadLetterSink(args.dead_letters) if args.dead_letters else None
-    publisher = publisher_from_args(args)
+    stop = threading.Event()
+    previous = _install_stop_signals(stop)
     try:
-        summary = run_replay(
-            source,
-            OnlineTrainer(config),
-            checkpoint_store=store,
-            checkpoint_every=args.checkpoint_every,
-            prequential=args.prequential,
-            dead_letters=sink,
-            progress=not args.no_progress,
-            window=args.window,
-            publisher=publisher,
-        )
+        return Pipeline(trainer, store, config, **kw).run(source, stop=stop)
     finally:
-        if sink is not None:
-            sink.close()
-    summary["config"] = config.to_dict()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _print_summary(args: argparse.Namespace, summary: dict, trainer: Any) -> int:
+    summary["config"] = trainer.config.to_dict()
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         print(_replay_report(summary), end="")
-    return 0
+    return 1 if summary.get("only_dead_letters") else 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.online import OnlineTrainer
+    from streaming.config import PipelineConfig
+    from streaming.events import JsonlDeadLetterSink
+    from streaming.sources.log import LogSource
+
+    torch.set_num_threads(args.threads)
+    trainer = OnlineTrainer(_online_config(args))
+    source = LogSource(
+        args.source, batch_size=args.batch_size, rate=args.rate, limit=args.max_events
+    )
+    config = PipelineConfig.for_replay(
+        max_batch=args.batch_size,
+        checkpoint_every_events=args.checkpoint_every,
+        prequential=args.prequential,
+        prequential_window=args.window,
+        progress=not args.no_progress,
+    )
+    sink = JsonlDeadLetterSink(args.dead_letters) if args.dead_letters else None
+    try:
+        summary = _run_pipeline(
+            args, source, config, trainer, dead_letters=sink, publisher=publisher_from_args(args)
+        )
+    finally:
+        if sink is not None:
+            sink.close()
+    return _print_summary(args, summary, trainer)
 
 
 def _replay_report(summary: dict) -> str:
@@ -358,7 +394,6 @@ def _replay_report(summary: dict) -> str:
 
 
 def _add_replay(sub: argparse._SubParsersAction) -> None:
-    # Choices spelled out (engine.online.MODELS etc.) so that building the parser imports no torch.
     p = sub.add_parser(
         "replay",
         help="replay an event log through the online trainer (test-then-train, checkpoints)",
@@ -369,13 +404,20 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="ml-100k, beauty, a .jsonl file of the wire format, or a path")
     _add_online_args(p)
-    p.add_argument("--checkpoint-dir", type=Path, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=50_000, help="events")
+    from streaming.config import PipelineConfig
+
+    d = PipelineConfig.for_replay()
+    p.add_argument("--checkpoint-dir", type=Path, default=None, help="None: no checkpoints")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every_events, help="records"
+    )
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
     p.add_argument("--prequential", action="store_true", help="rank each event before learning")
-    p.add_argument("--window", type=int, default=10_000, help="events per prequential window")
-    p.add_argument("--batch-size", type=int, default=256, help="events per micro-batch")
-    p.add_argument("--rate", type=float, default=None, help="events/s (default: full speed)")
+    p.add_argument(
+        "--window", type=int, default=d.prequential_window, help="events per prequential window"
+    )
+    p.add_argument("--batch-size", type=int, default=d.max_batch, help="events per micro-batch")
+    p.add_argument("--rate", type=float, default=None, help="events/s (None: full speed)")
     p.add_argument("--max-events", type=int, default=None, help="replay only the first N events")
     p.add_argument("--dead-letters", type=Path, default=None, help="JSONL file for bad records")
     p.add_argument("--no-progress", action="store_true")
@@ -436,43 +478,46 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------- sevo produce / run
 def _add_online_args(p: argparse.ArgumentParser) -> None:
-    """The online trainer settings shared by ``sevo replay`` and ``sevo run``."""
-    p.add_argument("--model", choices=("sasrec", "gru4rec", "mf"), default="sasrec")
-    p.add_argument("--optimizer", choices=("sevo-adamw", "adamw"), default="sevo-adamw")
+    """The online trainer settings shared by ``sevo replay`` and ``sevo run``; defaults and
+    choices come from :class:`engine.config.OnlineConfig` (which imports no torch)."""
+    from engine.config import NEW_ITEM_POLICIES, ONLINE_MODELS, OPTIMIZERS, OnlineConfig
+
+    d = OnlineConfig()
+    p.add_argument("--model", choices=ONLINE_MODELS, default=d.model)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument(
-        "--half-life", type=float, default=None, help="edge half-life in seconds (default: none)"
-    )
-    p.add_argument("--maxlen", type=int, default=50)
-    p.add_argument("--hops", type=int, default=1)
-    p.add_argument("--dim", type=int, default=None, help="embedding size (model default 64)")
-    p.add_argument(
-        "--lr",
+        "--half-life",
         type=float,
-        default=3e-3,
-        help="learning rate (3e-3 with 2 steps per batch gave the best prequential HR@10 on "
-        "ML-100K of the settings tried; OnlineConfig's own default is 1e-3 with 1 step)",
+        default=d.half_life,
+        help="edge half-life in seconds (None: no decay)",
     )
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--beta", type=float, default=0.99, help="SEvo β")
-    p.add_argument("--L", type=int, default=3, help="SEvo propagation steps")
-    p.add_argument("--steps-per-batch", type=int, default=2, help="optimizer steps per batch")
+    p.add_argument("--maxlen", type=int, default=d.maxlen, help="recent items per user")
+    p.add_argument("--hops", type=int, default=d.hops, help="graph window H (edge weight 1/h)")
+    p.add_argument("--dim", type=int, default=None, help="embedding size (None: the model's)")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--beta", type=float, default=d.sevo_beta, help="SEvo β")
+    p.add_argument("--L", type=int, default=d.sevo_steps, help="SEvo propagation steps")
+    p.add_argument(
+        "--steps-per-batch", type=int, default=d.steps_per_batch, help="optimizer steps per batch"
+    )
     p.add_argument(
         "--new-item-policy",
-        choices=("passthrough", "paper", "young"),
-        default="passthrough",
+        choices=NEW_ITEM_POLICIES,
+        default=d.new_item_policy,
         help="how SEvo treats new items: raw update while isolated (passthrough), the paper's ψ "
         "(paper), or raw update while an item has fewer than --young-item-events events (young)",
     )
-    p.add_argument("--young-item-events", type=int, default=10)
+    p.add_argument("--young-item-events", type=int, default=d.young_item_events)
     p.add_argument(
         "--unsampled-rows",
         choices=("carry", "decay"),
-        default="carry",
+        default="carry" if d.carry_unsampled else "decay",
         help="SEvo-AdamW's item rows missing from a batch: keep moving with their last "
         "bias-corrected moments (carry, the paper's) or let the moments decay as AdamW does "
-        "(decay); the README's prequential table compares the two",
+        "(decay)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
         "--threads",
         type=int,
@@ -514,8 +559,8 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
     from streaming.errors import StreamingError
     from streaming.events import Event
-    from streaming.kafka_io import ensure_topic, produce_events
-    from streaming.replay import LogSource
+    from streaming.kafka_client import ensure_topic, produce_events
+    from streaming.sources.log import LogSource
 
     _quiet_kafka_client(args)
     source = LogSource(args.source, batch_size=10_000, limit=args.max_events)
@@ -572,18 +617,16 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     import torch
 
     from engine.online import OnlineTrainer
     from streaming.checkpoint import CheckpointStore
-    from streaming.consumer import ConsumerConfig, run_consumer
+    from streaming.config import PipelineConfig
     from streaming.errors import StreamingError
     from streaming.events import JsonlDeadLetterSink
-    from streaming.kafka_io import KafkaConfig, KafkaDeadLetterSink
+    from streaming.kafka_client import KafkaDeadLetterSink
     from streaming.metrics import EngineMetrics
+    from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 
     _quiet_kafka_client(args)
     torch.set_num_threads(args.threads)
@@ -598,7 +641,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         heartbeat_interval_ms=max(1, min(3000, session_ms // 3)),
         connect_timeout_s=args.connect_timeout,
     )
-    loop = ConsumerConfig(
+    config = PipelineConfig(
         checkpoint_every_events=args.checkpoint_every,
         checkpoint_every_s=args.checkpoint_interval,
         max_batch=args.max_batch,
@@ -609,18 +652,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         prequential_window=args.window,
     )
     trainer = OnlineTrainer(_online_config(args))
-    store = CheckpointStore(args.checkpoint_dir, keep=args.keep)
     peers = [CheckpointStore(d, keep=args.keep) for d in args.peer_checkpoint_dir or ()]
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        log.info("%s received: stopping after the current batch", signal.Signals(signum).name)
-        stop.set()
-
-    handled = (signal.SIGTERM, signal.SIGINT)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, on_signal) for s in handled}
     metrics = EngineMetrics(log_every_s=args.log_every)
     sink = None
     try:
@@ -639,13 +671,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         elif args.dead_letters:
             sink = JsonlDeadLetterSink(args.dead_letters)
         publisher = publisher_from_args(args, metrics)
-        summary = run_consumer(
-            kafka,
+        summary = _run_pipeline(
+            args,
+            KafkaEventSource(kafka),
+            config,
             trainer,
-            store,
-            loop,
             dead_letters=sink,
-            stop=stop,
             metrics=metrics,
             peers=peers,
             publisher=publisher,
@@ -654,20 +685,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 1
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         if sink is not None:
             sink.close()
         metrics.close()
-    summary["config"] = trainer.config.to_dict()
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        print(_replay_report(summary), end="")
-    return 0
+    return _print_summary(args, summary, trainer)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
+    from streaming.config import PipelineConfig
+    from streaming.sources.kafka import KafkaConfig
+
+    d = PipelineConfig()
+    k = KafkaConfig(bootstrap="localhost:9092", topic="events")  # only its defaults are read
     p = sub.add_parser(
         "run",
         help="the engine's main job: consume a Kafka topic into the online trainer",
@@ -680,8 +709,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bootstrap", required=True, help="HOST:PORT[,HOST:PORT...]")
     p.add_argument("--topic", required=True)
-    p.add_argument("--group", default="sevo-engine", help="consumer group id")
-    p.add_argument("--client-id", default="sevo-engine")
+    p.add_argument("--group", default=k.group, help="consumer group id")
+    p.add_argument("--client-id", default=k.client_id)
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="this worker's checkpoints")
     p.add_argument(
         "--peer-checkpoint-dir",
@@ -696,14 +725,25 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     dead.add_argument("--dead-letter-topic", default=None, help="Kafka topic for bad records")
     dead.add_argument("--dead-letters", type=Path, default=None, help="JSONL file for bad records")
     p.add_argument(
-        "--checkpoint-every", type=int, default=10_000, help="records between checkpoints"
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every_events,
+        help="records between checkpoints",
     )
     p.add_argument(
-        "--checkpoint-interval", type=float, default=60.0, help="seconds between checkpoints"
+        "--checkpoint-interval",
+        type=float,
+        default=d.checkpoint_every_s,
+        help="seconds between checkpoints",
     )
-    p.add_argument("--max-batch", type=int, default=500, help="records per micro-batch at most")
     p.add_argument(
-        "--batch-timeout-ms", type=int, default=100, help="time to wait to fill a micro-batch"
+        "--max-batch", type=int, default=d.max_batch, help="records per micro-batch at most"
+    )
+    p.add_argument(
+        "--batch-timeout-ms",
+        type=int,
+        default=d.batch_timeout_ms,
+        help="time to wait to fill a micro-batch",
     )
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
@@ -720,10 +760,20 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rank each event before learning it; HR@10/NDCG@10 in the summary and metrics",
     )
-    p.add_argument("--window", type=int, default=10_000, help="events per prequential window")
-    p.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
     p.add_argument(
-        "--connect-timeout", type=float, default=30.0, help="seconds to retry a down broker"
+        "--window", type=int, default=d.prequential_window, help="events per prequential window"
+    )
+    p.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=k.session_timeout_ms,
+        help="group session timeout",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=k.connect_timeout_s,
+        help="seconds to retry a down broker",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_publish_args(p)
@@ -744,8 +794,27 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's ``--help`` shows the defaults; an option without a help text
+    still gets its default shown."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if (
+            "help" not in kwargs
+            and args
+            and str(args[0]).startswith("-")
+            and kwargs.get("action") not in ("version", "help")
+        ):
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sevo",
         description=(
             "Graph-aware online training for recommendation embeddings: a live item-item "
@@ -754,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="version", version=f"sevo-engine {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in _SUBCOMMANDS:
         add(sub)
     return parser

@@ -1,8 +1,8 @@
-"""One exception tree for the streaming layer, with a ``retriable`` flag (CONVENTIONS 9).
+"""One exception tree for the streaming layer, with a ``retriable`` flag.
 
 ``retriable`` tells a caller whether trying the same operation again later can succeed
 (a broker that is restarting, a full send buffer) or not (a deadline already spent, a bad
-configuration). Bad *input* never raises: it becomes a dead letter (CONVENTIONS 7).
+configuration). Bad *input* never raises: it becomes a dead letter.
 
 Example:
     >>> err = ServiceUnavailableError("kafka broker 127.0.0.1:9", attempts=3, waited_s=2.0)

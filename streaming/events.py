@@ -153,6 +153,16 @@ class EventBatch:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
+    @property
+    def records(self) -> int:
+        """Records read to make this batch: its events and its dead letters."""
+        return len(self) + len(self.dead_letters)
+
+    @classmethod
+    def empty(cls) -> EventBatch:
+        """A batch with nothing in it (a live source that received nothing in time)."""
+        return cls.from_events(())
+
     @classmethod
     def from_events(
         cls,

@@ -1,4 +1,4 @@
-"""Backoff policies and a deadline-bounded retry loop (CONVENTIONS 9, after redis-py).
+"""Backoff policies and a deadline-bounded retry loop (after redis-py's retry and backoff objects).
 
 Backoff objects are injected, never hard-wired, so tests pass a fast one and production a
 patient one.

@@ -1,4 +1,4 @@
-"""Shared fixtures: real services on free loopback ports (CONVENTIONS: no mocks, no skips).
+"""Shared fixtures: real services on free loopback ports (no mocks, no skips).
 
 * ``kafka_broker`` (session): a Tansu broker (Kafka protocol, memory-only) → ``"127.0.0.1:PORT"``.
 * ``redis_server`` (session): ``redis-server`` without persistence → ``"redis://127.0.0.1:PORT/0"``.

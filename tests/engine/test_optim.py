@@ -1,4 +1,4 @@
-"""SEvo optimizers as a table of invariants (CONVENTIONS 2)."""
+"""SEvo optimizers as a table of invariants."""
 
 from __future__ import annotations
 
@@ -424,3 +424,36 @@ def test_fused_route_is_not_optimizer_state():
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize(("ours", "theirs", "kwargs"), CASES[:3])
+def test_torch_releases_without_decoupled_adam_take_the_functional_adamw(
+    ours, theirs, kwargs, monkeypatch
+):
+    """Before torch 2.6 the functional Adam has no ``decoupled_weight_decay``: the optimizers
+    then call torch's functional AdamW, with the same result as torch.optim's classes."""
+    import engine.optim as optim
+
+    monkeypatch.setattr(optim, "_ADAM_DECOUPLES", False)
+    new_adam = optim._torch_adam_fn
+
+    def old_adam(*args, **kwargs):
+        assert "decoupled_weight_decay" not in kwargs
+        return new_adam(*args, **kwargs)
+
+    monkeypatch.setattr(optim, "_torch_adam_fn", old_adam)
+    graph = ring_graph(12, skip=())
+    a_table, a_dense = tiny_model(0)
+    b_table, b_dense = tiny_model(0)
+    opt_a = ours(
+        [{"params": [a_table], "smoother": Smoother(graph, beta=0.0)}, {"params": [a_dense]}],
+        **kwargs,
+    )
+    opt_b = theirs([b_table, b_dense], **kwargs)
+    for t in range(5):
+        for opt, table, dense in [(opt_a, a_table, a_dense), (opt_b, b_table, b_dense)]:
+            opt.zero_grad()
+            loss_fn(table, dense, t).backward()
+            opt.step()
+    torch.testing.assert_close(a_table, b_table, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a_dense, b_dense, rtol=1e-5, atol=1e-6)

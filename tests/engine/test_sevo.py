@@ -1,4 +1,4 @@
-"""ψ against the dense formula and the properties DESIGN §2 lists."""
+"""ψ against the dense formula and its properties (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sevo entry point runs in-process (CONVENTIONS 12)."""
+"""The sevo entry point runs in-process."""
 
 from __future__ import annotations
 

@@ -24,18 +24,14 @@ import pytest
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
 from streaming.cli import main
-from streaming.consumer import ConsumerConfig, run_consumer
+from streaming.config import PipelineConfig
 from streaming.events import Event, encode_event
-from streaming.kafka_io import (
-    KafkaConfig,
-    KafkaDeadLetterSink,
-    KafkaEventSource,
-    ensure_topic,
-    produce_events,
-)
+from streaming.kafka_client import KafkaDeadLetterSink, ensure_topic, produce_events
 from streaming.metrics import EngineMetrics
-from streaming.replay import LogSource
 from streaming.services import free_port
+from streaming.sources.kafka import KafkaConfig, KafkaEventSource
+from streaming.sources.log import LogSource
+from tests.streaming.helpers import consume
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "connect_timeout_s": 10.0}
@@ -107,19 +103,19 @@ def newest_sidecar(directory: Path) -> dict | None:
 
 
 def test_consumer_config_is_validated_with_pinned_messages():
-    assert ConsumerConfig().max_batch == 500
+    assert PipelineConfig().max_batch == 500
     with pytest.raises(ValueError, match="checkpoint_every_events must be a positive integer"):
-        ConsumerConfig(checkpoint_every_events=0)
+        PipelineConfig(checkpoint_every_events=0)
     with pytest.raises(ValueError, match="max_batch must be a positive integer"):
-        ConsumerConfig(max_batch=True)
+        PipelineConfig(max_batch=True)
     with pytest.raises(ValueError, match="batch_timeout_ms must be a non-negative integer"):
-        ConsumerConfig(batch_timeout_ms=-1)
+        PipelineConfig(batch_timeout_ms=-1)
     with pytest.raises(ValueError, match="max_records must be a non-negative integer or None"):
-        ConsumerConfig(max_records=-5)
+        PipelineConfig(max_records=-5)
     with pytest.raises(ValueError, match="checkpoint_every_s must be a positive number"):
-        ConsumerConfig(checkpoint_every_s=0)
+        PipelineConfig(checkpoint_every_s=0)
     with pytest.raises(ValueError, match="idle_exit_s must be a positive number or None"):
-        ConsumerConfig(idle_exit_s=0)
+        PipelineConfig(idle_exit_s=0)
 
 
 def test_run_against_a_down_broker_fails_with_one_clear_line(tmp_path, caplog):
@@ -342,11 +338,11 @@ def test_malformed_messages_go_to_the_dead_letter_topic_with_reasons(
     metrics = EngineMetrics()
     store = CheckpointStore(tmp_path / "ckpt")
     with KafkaDeadLetterSink(kafka_broker, dl_topic) as sink:
-        summary = run_consumer(
+        summary = consume(
             kafka_config(kafka_broker, topic, unique_name("g")),
             tiny_trainer(),
             store,
-            ConsumerConfig(idle_exit_s=1.5, max_batch=16),
+            PipelineConfig(idle_exit_s=1.5, max_batch=16),
             dead_letters=sink,
             metrics=metrics,
         )
@@ -366,7 +362,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic_with_reasons(
         letters = []
         deadline = time.monotonic() + 30
         while len(letters) < len(bad) and time.monotonic() < deadline:
-            letters.extend(json.loads(r.raw) for r in reader.next_batch(100, timeout_ms=200))
+            letters.extend(json.loads(r.raw) for r in reader.poll_records(100, timeout_ms=200))
     got = {letter["position"]: letter["reason"] for letter in letters}
     assert got == {f"{topic}:0:{offset}": reason for offset, reason in expected.items()}
     assert all(letter["detail"] for letter in letters)
@@ -393,11 +389,11 @@ def test_two_workers_in_one_group_apply_every_event_exactly_once(
     def work(name: str) -> None:
         other = "B" if name == "A" else "A"
         try:
-            summaries[name] = run_consumer(
+            summaries[name] = consume(
                 kafka_config(kafka_broker, topic, group),
                 tiny_trainer(),
                 stores[name],
-                ConsumerConfig(max_batch=40, checkpoint_every_events=100),
+                PipelineConfig(max_batch=40, checkpoint_every_events=100),
                 stop=stops[name],
                 metrics=metrics[name],
                 peers=[CheckpointStore(dirs[other])],
@@ -527,6 +523,13 @@ def test_replay_equals_produce_then_run(kafka_broker, redis_server, unique_name,
     assert_same_state(a, b)
     assert a["config"] == b["config"]
     assert a["offsets"] == {"file:ml-100k": 2000} and b["offsets"] == {f"{topic}:0": 2000}
+    # One pipeline: both commands write checkpoints with the same metadata schema.
+    meta_replay = CheckpointStore(replayed).latest_checkpoint().meta
+    meta_run = CheckpointStore(consumed).latest_checkpoint().meta
+    assert set(meta_replay) == set(meta_run)
+    assert meta_replay["source"] == "file:ml-100k" and meta_run["source"] == f"kafka:{topic}"
+    assert meta_replay["group"] is None and meta_run["group"] is not None
+    assert meta_replay["reason"] == "end" and meta_run["reason"] == "idle"
 
 
 def test_lost_partitions_reload_the_checkpoint_so_the_next_owner_applies_the_rest(
@@ -536,8 +539,9 @@ def test_lost_partitions_reload_the_checkpoint_so_the_next_owner_applies_the_res
     checkpointing it), so together with the partition's next owner every event is applied
     exactly once. kafka-python's loss is simulated by calling the source's listener hooks in
     the order kafka-python does (lost, then assigned again after the rejoin)."""
-    from streaming.consumer import _Pipeline
-    from streaming.events import EventBatch, parse_records
+    from streaming.config import PipelineConfig
+    from streaming.events import EventBatch
+    from streaming.pipeline import Pipeline
 
     topic, group = unique_name("topic"), unique_name("group")
     ensure_topic(kafka_broker, topic, partitions=1)
@@ -545,30 +549,22 @@ def test_lost_partitions_reload_the_checkpoint_so_the_next_owner_applies_the_res
     produce_events(kafka_broker, topic, events)
     kafka = kafka_config(kafka_broker, topic, group)
     trainer, store = tiny_trainer(), CheckpointStore(tmp_path / "ckpt")
-    pipe = _Pipeline(kafka, trainer, store, [], EngineMetrics(), time.monotonic)
-    pipe.restore()
-    source = KafkaEventSource(
-        kafka,
-        positions=pipe.resume_positions,
-        on_revoke=pipe.on_revoke,
-        on_assign=pipe.on_assign,
-        on_lost=pipe.on_lost,
-    )
+    pipe = Pipeline(trainer, store, PipelineConfig(), metrics=EngineMetrics())
+    source = KafkaEventSource(kafka)
     pipe.source = source
+    pipe.restore()
+    source.attach(pipe)
 
     def learn(count: int) -> int:
         done = 0
         deadline = time.monotonic() + 30
         while done < count and time.monotonic() < deadline:
-            records = source.next_batch(min(100, count - done), timeout_ms=200)
-            raws, where = [r.raw for r in records], [r.position for r in records]
-            good, dead = parse_records(raws, where, now=time.time())
-            assert not dead
-            if good:
-                b = EventBatch.from_events(good)
-                trainer.learn_many(b.users, b.items, b.times, b.weights)
-            done += len(records)
-            pipe.since_checkpoint += len(records)
+            batch = source.next_batch(min(100, count - done), timeout_ms=200)
+            assert not batch.dead_letters
+            if len(batch):
+                trainer.learn_many(batch.users, batch.items, batch.times, batch.weights)
+            done += batch.records
+            pipe.since_checkpoint += batch.records
         return done
 
     try:

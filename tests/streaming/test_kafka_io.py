@@ -16,16 +16,15 @@ import pytest
 
 from streaming.errors import ServiceUnavailableError
 from streaming.events import Event, parse_records
-from streaming.kafka_io import (
-    KafkaConfig,
+from streaming.kafka_client import (
     KafkaDeadLetterSink,
-    KafkaEventSource,
     ensure_topic,
     format_position,
     parse_position,
     produce_events,
 )
 from streaming.services import free_port
+from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 
 FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 
@@ -48,7 +47,7 @@ def drain(source: KafkaEventSource, n: int, timeout_s: float = 30.0, batch: int 
     deadline = time.monotonic() + timeout_s
     while len(out) < n:
         assert time.monotonic() < deadline, f"only {len(out)} of {n} records after {timeout_s} s"
-        out.extend(source.next_batch(min(batch, n - len(out)), timeout_ms=200))
+        out.extend(source.poll_records(min(batch, n - len(out)), timeout_ms=200))
     return out
 
 
@@ -97,7 +96,7 @@ def test_unreachable_broker_retries_with_backoff_then_gives_up(caplog):
         retry_backoff_s=0.1,
         retry_backoff_max_s=0.4,
     )
-    caplog.set_level(logging.WARNING, logger="streaming.kafka_io")
+    caplog.set_level(logging.WARNING, logger="streaming")
     start = time.monotonic()
     with pytest.raises(ServiceUnavailableError) as info:
         KafkaEventSource(cfg)
@@ -136,7 +135,7 @@ def test_produce_then_consume_everything_with_advancing_positions(kafka_broker, 
         assert source.positions() == {f"{topic}:0": 50}
         assert source.lag() == {f"{topic}:0": 0}
         assert source.lag(refresh=True) == {f"{topic}:0": 0}  # Tansu under-reports; max() wins
-        assert source.next_batch(10, timeout_ms=100) == []  # nothing more
+        assert source.poll_records(10, timeout_ms=100) == []  # nothing more
         assert source.assignment() == [f"{topic}:0"]
 
     records = first + rest
@@ -255,7 +254,7 @@ def test_source_connects_once_a_late_broker_starts(make_kafka_service, unique_na
             errors.append(exc)
 
     thread = threading.Thread(target=start_later, name="late-broker")
-    caplog.set_level(logging.INFO, logger="streaming.kafka_io")
+    caplog.set_level(logging.INFO, logger="streaming")
     topic = unique_name("late")
     cfg = make_config(
         service.bootstrap, topic, unique_name("g"), retry_backoff_s=0.2, retry_backoff_max_s=0.8
@@ -304,7 +303,7 @@ def test_two_consumers_share_partitions_and_consume_each_message_once(kafka_brok
             ) as source:
                 sources[name] = source
                 while not stop.is_set():
-                    batch = source.next_batch(50, timeout_ms=100)
+                    batch = source.poll_records(50, timeout_ms=100)
                     with lock:
                         seen[name].extend(r.position for r in batch)
                         store.update(source.positions())  # checkpoint after each batch

@@ -13,10 +13,12 @@ import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
-from streaming.consumer import ConsumerConfig, run_consumer
+from streaming.config import PipelineConfig
 from streaming.events import Event
-from streaming.kafka_io import KafkaConfig, ensure_topic, produce_events
+from streaming.kafka_client import ensure_topic, produce_events
 from streaming.metrics import EngineMetrics
+from streaming.sources.kafka import KafkaConfig
+from tests.streaming.helpers import consume
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -113,17 +115,17 @@ def test_metrics_move_while_a_consumer_runs(kafka_broker, unique_name, tmp_path)
         OnlineConfig(model="mf", maxlen=5, model_overrides={"dim": 8}, lr=1e-3, steps_per_batch=1)
     )
 
-    def consume() -> None:
-        out["summary"] = run_consumer(
+    def engine() -> None:
+        out["summary"] = consume(
             kafka,
             trainer,
             CheckpointStore(tmp_path / "ckpt"),
-            ConsumerConfig(checkpoint_every_events=50, max_batch=25, lag_every_s=0.05),
+            PipelineConfig(checkpoint_every_events=50, max_batch=25, lag_every_s=0.05),
             stop=stop,
             metrics=metrics,
         )
 
-    thread = threading.Thread(target=consume, name="consumer")
+    thread = threading.Thread(target=engine, name="consumer")
     thread.start()
     try:
         before = scrape(port)

@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from engine.online import OnlineConfig, OnlineTrainer
+from engine.prequential import Prequential
 from streaming.checkpoint import CheckpointStore
 from streaming.cli import main
+from streaming.config import PipelineConfig
 from streaming.events import JsonlDeadLetterSink
-from streaming.replay import LogSource, Prequential, run_replay
+from streaming.pipeline import Pipeline
+from streaming.sources.log import LogSource
 
 TINY = {
     "maxlen": 5,
@@ -24,6 +27,12 @@ TINY = {
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _run(source, trainer, *, prequential=False, dead_letters=None):
+    """``sevo replay``'s pipeline without checkpoints or a progress bar."""
+    config = PipelineConfig.for_replay(prequential=prequential, progress=False)
+    return Pipeline(trainer, config=config, dead_letters=dead_letters).run(source)
 
 
 def _write_jsonl(path, records):
@@ -93,13 +102,13 @@ def test_prequential_ranks_before_learning_so_first_sightings_are_misses(tmp_pat
     at K=10 (the catalogue is smaller than K); ranked before, every event is a miss."""
     records = [_event(f"u{i % 2}", f"item{i}", i) for i in range(8)]
     source = LogSource(_write_jsonl(tmp_path / "log.jsonl", records), batch_size=3)
-    summary = run_replay(source, OnlineTrainer(OnlineConfig(**TINY)), prequential=True)
+    summary = _run(source, OnlineTrainer(OnlineConfig(**TINY)), prequential=True)
     preq = summary["prequential"]
     assert preq["events"] == 8 and preq["HR@10"] == 0.0 and preq["NDCG@10"] == 0.0
     assert preq["by_item_age"]["0"]["events"] == 8
     # Repeats of known items can be hits: the same log again, now every item has age >= 1.
     source = LogSource(_write_jsonl(tmp_path / "log2.jsonl", records + records), batch_size=3)
-    preq = run_replay(source, OnlineTrainer(OnlineConfig(**TINY)), prequential=True)["prequential"]
+    preq = _run(source, OnlineTrainer(OnlineConfig(**TINY)), prequential=True)["prequential"]
     assert preq["by_item_age"]["1-9"]["events"] == 8 and preq["by_item_age"]["1-9"]["HR@10"] > 0
 
 
@@ -218,12 +227,10 @@ def test_replay_of_a_jsonl_log_with_bad_lines_keeps_going(tmp_path, capsys):
     assert len(dlq.read_text().splitlines()) == 3
 
 
-def test_run_replay_writes_dead_letters_to_a_sink(tmp_path):
+def test_replay_pipeline_writes_dead_letters_to_a_sink(tmp_path):
     log = _write_jsonl(tmp_path / "e.jsonl", [_event("u", "a", 1), "[]", _event("u", "b", 2)])
     with JsonlDeadLetterSink(tmp_path / "dlq.jsonl") as sink:
-        summary = run_replay(
-            LogSource(log), OnlineTrainer(OnlineConfig(**TINY)), dead_letters=sink, progress=False
-        )
+        summary = _run(LogSource(log), OnlineTrainer(OnlineConfig(**TINY)), dead_letters=sink)
     assert summary["dead_letters"] == {"not_object": 1} and summary["events"] == 2
     assert summary["checkpoint"] is None
 
@@ -236,3 +243,57 @@ def test_replay_cli_unsampled_rows_option_reaches_the_optimizer(capsys):
     # same data and seed: the only difference is how unsampled item rows move
     assert carried["prequential"]["events"] == decayed["prequential"]["events"] == 1500
     assert carried["prequential"] != decayed["prequential"]
+
+
+def test_a_replay_of_only_dead_letters_warns_and_exits_non_zero(tmp_path, capsys, caplog):
+    """Every record a dead letter: a warning at the first batch, exit 1 with the reasons; a
+    resume that finds nothing new still exits 0."""
+    bad = [
+        _event("u", "a", "yesterday"),  # not a timestamp
+        '{"user_id": "u"}',  # missing fields
+        "not json",
+    ]
+    log = _write_jsonl(tmp_path / "bad.jsonl", bad)
+    ckpt = tmp_path / "ckpt"
+    argv = ["replay", str(log), "--checkpoint-dir", str(ckpt), "--no-progress", "--json"]
+    with caplog.at_level("WARNING"):
+        assert main(argv) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["only_dead_letters"] is True and summary["events"] == 0
+    assert summary["dead_letters_total"] == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("every record read so far is a dead letter" in m for m in messages)
+    assert any("every one was a dead letter" in m for m in messages)
+    # Resuming: nothing new is read, nothing to complain about.
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["records"] == 0 and again["only_dead_letters"] is False
+
+
+def test_replay_stops_cleanly_on_a_stop_request_with_a_checkpoint(tmp_path):
+    """A stop (what SIGINT/SIGTERM set) ends the replay after the current batch with a
+    checkpoint, and the next run resumes exactly there."""
+    import threading
+
+    from streaming.pipeline import BatchReport
+
+    stop = threading.Event()
+
+    def after(report: BatchReport) -> None:
+        stop.set()  # asked to stop during the first batch
+
+    records = [_event(f"u{i % 3}", f"i{i % 7}", i) for i in range(40)]
+    log = _write_jsonl(tmp_path / "log.jsonl", records)
+    store = CheckpointStore(tmp_path / "ckpt")
+    config = PipelineConfig.for_replay(max_batch=10, progress=False)
+    trainer = OnlineTrainer(OnlineConfig(**TINY))
+    summary = Pipeline(trainer, store, config, on_batch=after).run(
+        LogSource(log, batch_size=10), stop=stop
+    )
+    assert summary["stopped_by"] == "stop" and summary["events"] == 10
+    assert store.latest_checkpoint().offsets == {f"file:{log.resolve()}": 10}
+    rest = Pipeline(OnlineTrainer(OnlineConfig(**TINY)), store, config).run(
+        LogSource(log, batch_size=10)
+    )
+    assert rest["start_position"] == 10 and rest["events"] == 30
+    assert rest["events_applied"] == 40 and rest["stopped_by"] == "end"

@@ -33,7 +33,7 @@ def test_redis_service_restart_keeps_data_with_appendonly(make_redis_service):
 def test_tansu_restart_loses_topics(make_kafka_service):
     from kafka import KafkaConsumer
 
-    from streaming.kafka_io import ensure_topic
+    from streaming.kafka_client import ensure_topic
 
     broker = make_kafka_service()
     assert ensure_topic(broker.bootstrap, "kept-in-memory") is True

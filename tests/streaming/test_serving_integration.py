@@ -5,7 +5,7 @@
   published (sha256 of the whole matrix, per (snapshot uid, delta seq)).
 * The background publisher keeps the trainer going while Redis is down and catches up with
   a full snapshot; an appendonly Redis restarted with ``kill -9`` still serves its data.
-* ``sevo replay --redis-url`` and ``run_consumer(..., publisher=...)`` publish what the
+* ``sevo replay --redis-url`` and ``consume(..., publisher=...)`` publish what the
   trainer holds, with the source offsets; ``sevo recommend`` / ``sevo snapshots`` read it.
 """
 
@@ -22,8 +22,8 @@ import pytest
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
 from streaming.cli import main
-from streaming.consumer import ConsumerConfig, run_consumer
-from streaming.kafka_io import KafkaConfig, ensure_topic, produce_events
+from streaming.config import PipelineConfig
+from streaming.kafka_client import ensure_topic, produce_events
 from streaming.metrics import EngineMetrics
 from streaming.retry import ConstantBackoff
 from streaming.serving import (
@@ -34,6 +34,8 @@ from streaming.serving import (
     SnapshotWriter,
     connect,
 )
+from streaming.sources.kafka import KafkaConfig
+from tests.streaming.helpers import consume
 from tests.streaming.test_consumer import FAST_GROUP, ml100k_events
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -295,11 +297,11 @@ def test_consumer_publishes_what_it_learned_with_offsets(
     trainer = _trainer()
     config = PublishConfig(redis_server, namespace=ns, publish_every_s=0.1, delta_tolerance=0.0)
     publisher = EmbeddingPublisher(config)
-    summary = run_consumer(
+    summary = consume(
         KafkaConfig(bootstrap=kafka_broker, topic=topic, group=unique_name("g"), **FAST_GROUP),
         trainer,
         CheckpointStore(tmp_path / "ckpt"),
-        ConsumerConfig(idle_exit_s=2.0, max_batch=200),
+        PipelineConfig(idle_exit_s=2.0, max_batch=200),
         publisher=publisher,
     )
     assert summary["events"] == 1200

@@ -10,7 +10,7 @@ import pytest
 
 from engine.data import DataFormatError, load_dataset
 from streaming.cli import main
-from streaming.replay import LogSource
+from streaming.sources.log import LogSource
 
 ISO_EVENTS = [
     {"user_id": "u1", "item_id": "a", "timestamp": "2024-05-01T12:00:00Z"},

@@ -1,4 +1,4 @@
-"""Kafka in and out: the event source, the dead-letter sink and a producer (DESIGN §4).
+"""The Kafka event source: a topic read in micro-batches, resuming from a checkpoint.
 
 **Offsets.** The checkpoint is the source of truth. :class:`KafkaEventSource` is given the
 checkpoint's positions (``{"topic:partition": next_offset}``) and, whenever a partition is
@@ -17,11 +17,11 @@ checkpoint given at construction (a callable ``positions`` is asked first, for c
 shared between workers).
 
 **Threads.** With kafka-python >= 3 the rebalance callbacks run on the client's IO thread
-while the caller's thread is blocked in :meth:`~KafkaEventSource.next_batch`; they must not
+while the caller's thread is blocked in :meth:`~KafkaEventSource.poll_records`; they must not
 call blocking consumer APIs. :meth:`~KafkaEventSource.commit` knows this and commits
 asynchronously when called from ``on_revoke``.
 
-**Broker quirks** (Tansu, the test broker; DESIGN §8): ListOffsets LATEST under-reports the
+**Broker quirks** (Tansu, the broker the tests start): ListOffsets LATEST under-reports the
 log end, so lag comes from the fetch high-water mark (:meth:`~KafkaEventSource.lag`); a group
 join takes about ``session_timeout_ms / 2``.
 
@@ -35,37 +35,33 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import logging
-import re
-import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from streaming.errors import DeliveryError, ServiceUnavailableError, StreamingError
-from streaming.events import DeadLetter, Event, encode_event
-from streaming.retry import Backoff, ExponentialBackoff, retry_until
+from streaming.errors import ServiceUnavailableError, StreamingError
+from streaming.events import EventBatch, parse_records
+from streaming.kafka_client import (
+    check_topic,
+    connect_with_retry,
+    format_position,
+    parse_bootstrap,
+    parse_position,
+)
+from streaming.retry import Backoff, ExponentialBackoff
 
 __all__ = [
     "KafkaConfig",
-    "KafkaDeadLetterSink",
     "KafkaEventSource",
     "ServiceUnavailableError",
     "SourceRecord",
-    "connect_with_retry",
-    "ensure_topic",
     "format_position",
-    "parse_bootstrap",
     "parse_position",
-    "produce_events",
 ]
 
 log = logging.getLogger(__name__)
-
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_HOST_PORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
 Positions = Mapping[str, int]
 PositionsArg = Positions | Callable[[], Positions] | None
@@ -84,7 +80,7 @@ class KafkaConfig:
         group: consumer group id; ``None`` reads every partition without a group (replay,
             tools): no rebalances, no commits.
         client_id: Kafka client id (shows up in broker logs and metrics).
-        max_poll_records: default and upper bound of records per :meth:`next_batch`.
+        max_poll_records: default and upper bound of records per :meth:`poll_records`.
         fetch_max_wait_ms: how long the broker may hold a fetch waiting for data; small keeps
             event-to-model latency low (≈4 ms p50 at 10 ms on the test broker).
         fetch_max_bytes: most bytes one fetch response may carry (all partitions).
@@ -125,10 +121,11 @@ class KafkaConfig:
     connect_attempt_timeout_s: float = 5.0
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
+    max_future_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         parse_bootstrap(self.bootstrap)
-        _check_topic(self.topic, "topic")
+        check_topic(self.topic, "topic")
         if self.group is not None and (not isinstance(self.group, str) or not self.group.strip()):
             raise ValueError(f"group must be a non-empty string or None, got {self.group!r}")
         if not isinstance(self.client_id, str) or not self.client_id:
@@ -182,104 +179,6 @@ class KafkaConfig:
         return ExponentialBackoff(self.retry_backoff_s, 2.0, self.retry_backoff_max_s)
 
 
-def parse_bootstrap(bootstrap: str) -> list[str]:
-    """``"h1:9092,h2:9092"`` → ``["h1:9092", "h2:9092"]``; raises ValueError when malformed."""
-    if not isinstance(bootstrap, str) or not bootstrap.strip():
-        raise ValueError(f"bootstrap must be 'host:port[,host:port...]', got {bootstrap!r}")
-    servers = [s.strip() for s in bootstrap.split(",")]
-    for server in servers:
-        match = _HOST_PORT_RE.match(server)
-        if match is None or not 0 < int(match.group(2)) < 65536:
-            raise ValueError(
-                f"bootstrap server must be host:port with a valid port, got {server!r}"
-            )
-    return servers
-
-
-def _check_topic(topic: str, what: str) -> None:
-    if not isinstance(topic, str) or not _TOPIC_RE.match(topic) or topic in (".", ".."):
-        raise ValueError(
-            f"{what} must be 1-249 characters of [A-Za-z0-9._-] (a Kafka topic name), got {topic!r}"
-        )
-
-
-def format_position(topic: str, partition: int, offset: int | None = None) -> str:
-    """``"topic:partition"`` (a resume-position key) or ``"topic:partition:offset"``."""
-    key = f"{topic}:{partition}"
-    return key if offset is None else f"{key}:{offset}"
-
-
-def parse_position(position: str) -> tuple[str, int, int | None]:
-    """Inverse of :func:`format_position`: ``(topic, partition, offset or None)``."""
-    parts = position.split(":")
-    if len(parts) not in (2, 3) or not all(p.lstrip("-").isdigit() for p in parts[1:]):
-        raise ValueError(f"expected 'topic:partition[:offset]', got {position!r}")
-    offset = int(parts[2]) if len(parts) == 3 else None
-    return parts[0], int(parts[1]), offset
-
-
-# --------------------------------------------------------------------------- connecting
-
-
-def _tcp_probe(servers: list[str], timeout_s: float) -> None:
-    """Raise OSError unless at least one bootstrap server accepts a TCP connection."""
-    errors = []
-    for server in servers:
-        host, _, port = server.rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-                return
-        except OSError as exc:
-            errors.append(f"{server}: {exc.strerror or exc}")
-    raise ConnectionError("; ".join(errors))
-
-
-def _is_retriable(exc: BaseException) -> bool:
-    import kafka.errors
-
-    # kafka-python 2.x raises NoBrokersAvailable (not flagged retriable) when bootstrap fails;
-    # 3.x raises KafkaTimeoutError (retriable).
-    no_brokers = getattr(kafka.errors, "NoBrokersAvailable", ())
-    return isinstance(exc, (OSError, no_brokers)) or getattr(exc, "retriable", False) is True
-
-
-def connect_with_retry(
-    make_client: Callable[[int], Any],
-    bootstrap: str,
-    *,
-    timeout_s: float,
-    attempt_timeout_s: float,
-    backoff: Backoff,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Any:
-    """Build a kafka-python client, retrying while the broker is unreachable.
-
-    Each attempt first checks that a bootstrap server accepts TCP connections (cheap, and it
-    avoids creating clients that cannot be closed when their own bootstrap fails), then calls
-    ``make_client(bootstrap_timeout_ms)``.
-
-    Raises:
-        ServiceUnavailableError: still unreachable after ``timeout_s`` (``retriable=False``).
-    """
-    servers = parse_bootstrap(bootstrap)
-
-    def attempt() -> Any:
-        _tcp_probe(servers, min(attempt_timeout_s, 2.0))
-        return make_client(int(attempt_timeout_s * 1000))
-
-    return retry_until(
-        attempt,
-        service=f"kafka broker {bootstrap}",
-        timeout_s=timeout_s,
-        backoff=backoff,
-        is_retriable=_is_retriable,
-        clock=clock,
-        sleep=sleep,
-        logger=log,
-    )
-
-
 # --------------------------------------------------------------------------- source
 
 
@@ -326,8 +225,8 @@ class KafkaEventSource:
         on_revoke: ``on_revoke(positions)`` before partitions are taken away (rebalance, or
             eviction from the group), with the resume positions of those partitions: flush
             pending work and write a checkpoint. Runs on the client's IO thread while
-            :meth:`next_batch` is blocked; an exception in it is re-raised by
-            :meth:`next_batch`. Not called by :meth:`close`.
+            :meth:`poll_records` is blocked; an exception in it is re-raised by
+            :meth:`poll_records`. Not called by :meth:`close`.
         on_assign: optional ``on_assign(starts)`` after partitions are assigned, with the offset
             each starts from (None: the beginning of the log).
         on_lost: optional ``on_lost(positions) -> rewind`` when partitions are *lost* (this
@@ -539,7 +438,7 @@ class KafkaEventSource:
 
     # ------------------------------------------------------------------ reading
 
-    def next_batch(
+    def poll_records(
         self, max_records: int | None = None, timeout_ms: int = 100
     ) -> list[SourceRecord]:
         """Up to ``max_records`` records, waiting at most about ``timeout_ms`` to fill the batch.
@@ -586,10 +485,71 @@ class KafkaEventSource:
             out.append(SourceRecord(value if value is not None else b"", f"{_key(tp)}:{offset}"))
         return out
 
+    def next_batch(self, max_records: int | None = None, timeout_ms: int = 100) -> EventBatch:
+        """The next micro-batch, validated: up to ``max_records`` records parsed by the one
+        wire-format parser; invalid ones become the batch's dead letters with their position
+        ``"topic:partition:offset"``. An empty batch means nothing arrived in time (a topic
+        never ends, so this never returns None)."""
+        records = self.poll_records(max_records, timeout_ms)
+        if not records:
+            return EventBatch.empty()
+        events, dead = parse_records(
+            [r.raw for r in records],
+            [r.position for r in records],
+            now=time.time(),
+            max_future_s=self.config.max_future_s,
+        )
+        return EventBatch.from_events(events, dead)
+
+    # ------------------------------------------------------------------ source contract
+
+    @property
+    def key(self) -> str:
+        """The source's name in checkpoint metadata: ``"kafka:TOPIC"``."""
+        return f"kafka:{self.config.topic}"
+
+    @property
+    def group(self) -> str | None:
+        """The consumer group (recorded in checkpoint metadata)."""
+        return self.config.group
+
+    @property
+    def total(self) -> None:
+        """A topic has no known end."""
+        return None
+
+    def owns(self, position_key: str) -> bool:
+        """Whether a checkpoint position key (``"topic:partition"``) belongs to this topic."""
+        try:
+            topic, _, offset = parse_position(position_key)
+        except ValueError:
+            return False
+        return topic == self.config.topic and offset is None
+
+    def attach(self, listener: Any) -> None:
+        """Route the rebalance hooks to ``listener`` (the pipeline): ``resume_positions()`` is
+        asked at every assignment, ``on_revoke``, ``on_assign`` and ``on_lost`` as in the
+        constructor. Call before the first :meth:`next_batch`."""
+        self._provider = listener.resume_positions
+        self._on_revoke = listener.on_revoke
+        self._on_assign = listener.on_assign
+        self._on_lost = listener.on_lost
+
+    def seek(self, positions: Mapping[str, int]) -> None:
+        """Resume the given partitions at ``positions`` (``{"topic:partition": offset}``): now
+        for partitions owned, at assignment for the others."""
+        clean = _clean_positions(positions)
+        self._durable.update(clean)
+        for tp in list(self._positions):
+            key = _key(tp)
+            if key in clean:
+                self._consumer.seek(tp, clean[key])
+                self._positions[tp] = clean[key]
+
     def positions(self, *, resolve: bool = True) -> dict[str, int]:
         """Resume positions ``{"topic:partition": next_offset}`` of the owned partitions.
 
-        The next offset is the one after the last record returned by :meth:`next_batch`, or
+        The next offset is the one after the last record returned by :meth:`poll_records`, or
         where the partition was started. A partition that started at the beginning of the log
         and has returned nothing yet is resolved through the consumer (skipped when called
         from a rebalance callback, where that would block: a checkpoint without the entry
@@ -745,206 +705,23 @@ def _offset_and_metadata(cls: Any, offset: int) -> Any:
 # --------------------------------------------------------------------------- producing
 
 
-def _make_producer(
-    bootstrap: str, *, client_id: str, timeout_s: float, backoff: Backoff | None, **extra: Any
-) -> Any:
-    from kafka import KafkaProducer
-
-    def make(bootstrap_timeout_ms: int) -> KafkaProducer:
-        return KafkaProducer(
-            bootstrap_servers=parse_bootstrap(bootstrap),
-            client_id=client_id,
-            acks="all",
-            linger_ms=5,
-            bootstrap_timeout_ms=bootstrap_timeout_ms,
-            **extra,
-        )
-
-    return connect_with_retry(
-        make,
-        bootstrap,
-        timeout_s=timeout_s,
-        attempt_timeout_s=min(5.0, timeout_s),
-        backoff=backoff or ExponentialBackoff(0.2, 2.0, 5.0),
-    )
+def _clean_positions(positions: Mapping[str, int]) -> dict[str, int]:
+    out = {}
+    for key, value in dict(positions).items():
+        topic, partition, offset = parse_position(str(key))
+        if offset is not None:
+            raise ValueError(f"position keys are 'topic:partition', got {key!r}")
+        if isinstance(value, bool) or int(value) != value or int(value) < 0:
+            raise ValueError(f"position of {key!r} must be a non-negative integer, got {value!r}")
+        out[format_position(topic, partition)] = int(value)
+    return out
 
 
-def ensure_topic(
-    bootstrap: str,
-    topic: str,
-    *,
-    partitions: int = 1,
-    replication_factor: int = 1,
-    timeout_s: float = 30.0,
-) -> bool:
-    """Create ``topic`` unless it exists. Returns True if this call created it.
-
-    An existing topic is left as it is (its partition count is not checked or changed).
-    """
-    _check_topic(topic, "topic")
-    if partitions < 1 or replication_factor < 1:
-        raise ValueError("partitions and replication_factor must be >= 1")
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = connect_with_retry(
-        lambda ms: KafkaAdminClient(
-            bootstrap_servers=parse_bootstrap(bootstrap),
-            client_id="sevo-admin",
-            bootstrap_timeout_ms=ms,
-        ),
-        bootstrap,
-        timeout_s=timeout_s,
-        attempt_timeout_s=min(5.0, timeout_s),
-        backoff=ExponentialBackoff(0.2, 2.0, 5.0),
-    )
-    try:
-        admin.create_topics([NewTopic(topic, partitions, replication_factor)])
-    except TopicAlreadyExistsError:
-        return False
-    finally:
-        admin.close()
-    log.info("created topic %s (%d partitions)", topic, partitions)
-    return True
+def _offset_and_metadata(cls: Any, offset: int) -> Any:
+    # kafka-python >= 2.1 added leader_epoch to OffsetAndMetadata.
+    if "leader_epoch" in getattr(cls, "_fields", ()):
+        return cls(offset, "", -1)
+    return cls(offset, "")
 
 
-def produce_events(
-    bootstrap: str,
-    topic: str,
-    events: Iterable[Event | bytes],
-    *,
-    rate: float | None = None,
-    key: Callable[[Event], bytes | None] | None = None,
-    client_id: str = "sevo-producer",
-    connect_timeout_s: float = 30.0,
-    clock: Callable[[], float] = time.perf_counter,
-    sleep: Callable[[float], None] = time.sleep,
-) -> int:
-    """Write events to ``topic`` as JSON (``acks=all``, idempotent); returns how many.
-
-    Args:
-        bootstrap: ``host:port[,...]``.
-        topic: destination topic.
-        events: :class:`~streaming.events.Event` objects (encoded with
-            :func:`~streaming.events.encode_event`) or raw ``bytes`` sent as they are (no key;
-            for load and dead-letter tests).
-        rate: events per second (None: as fast as possible), for demos and load tests.
-        key: message key of an event (default: the user id, so that one user's events stay
-            ordered within a partition).
-        client_id: Kafka client id.
-        connect_timeout_s: how long to retry an unreachable broker.
-
-    Raises:
-        ServiceUnavailableError: the broker stayed unreachable.
-        DeliveryError: some records were not acknowledged (the count says how many).
-    """
-    _check_topic(topic, "topic")
-    if rate is not None and not rate > 0:
-        raise ValueError(f"rate must be > 0 events/s, got {rate!r}")
-    key_of = key or (lambda e: e.user_id.encode("utf-8"))
-    producer = _make_producer(
-        bootstrap, client_id=client_id, timeout_s=connect_timeout_s, backoff=None
-    )
-    failures: list[BaseException] = []
-    count = 0
-    start = clock()
-    try:
-        for item in events:
-            if rate is not None:
-                ahead = start + count / rate - clock()
-                if ahead > 0:
-                    sleep(ahead)
-            if isinstance(item, (bytes, bytearray)):
-                future = producer.send(topic, value=bytes(item))
-            else:
-                future = producer.send(topic, value=encode_event(item), key=key_of(item))
-            future.add_errback(failures.append)
-            count += 1
-        producer.flush()
-    finally:
-        producer.close()
-    if failures:
-        raise DeliveryError(
-            f"{len(failures)} of {count} records to {topic} were not acknowledged "
-            f"(first error: {failures[0]!r})"
-        )
-    log.info("produced %d events to %s in %.2f s", count, topic, clock() - start)
-    return count
-
-
-class KafkaDeadLetterSink:
-    """Writes dead letters to a Kafka topic, one JSON object per message, flushed per write.
-
-    Each message is ``DeadLetter.to_json()`` — ``{"raw", "reason", "position", "detail",
-    "time"}`` — plus ``"raw_base64"`` when the raw bytes are not valid UTF-8 (``raw`` then
-    holds replacement characters). The message key is the record's position. Delivery is
-    at-least-once, like the file sink.
-
-    Args:
-        bootstrap: ``host:port[,...]``.
-        topic: the dead-letter topic.
-        client_id: Kafka client id.
-        connect_timeout_s: how long to retry an unreachable broker at construction.
-        backoff: connection backoff.
-
-    Raises:
-        ServiceUnavailableError: the broker stayed unreachable (at construction).
-        DeliveryError: from :meth:`write`, when letters were not acknowledged.
-    """
-
-    def __init__(
-        self,
-        bootstrap: str,
-        topic: str,
-        *,
-        client_id: str = "sevo-dead-letters",
-        connect_timeout_s: float = 30.0,
-        backoff: Backoff | None = None,
-    ) -> None:
-        _check_topic(topic, "dead-letter topic")
-        self.topic = topic
-        self._producer = _make_producer(
-            bootstrap, client_id=client_id, timeout_s=connect_timeout_s, backoff=backoff
-        )
-        self._closed = False
-
-    def write(self, letters: list[DeadLetter]) -> None:
-        """Send ``letters`` and wait until the broker acknowledged all of them."""
-        if not letters:
-            return
-        if self._closed:
-            raise StreamingError("KafkaDeadLetterSink is closed")
-        import json
-
-        now = time.time()
-        futures = []
-        for letter in letters:
-            obj = letter.to_json(now)
-            if isinstance(letter.raw, bytes):
-                try:
-                    letter.raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    obj["raw_base64"] = base64.b64encode(letter.raw).decode("ascii")
-            value = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            futures.append(
-                self._producer.send(self.topic, value=value, key=letter.position.encode("utf-8"))
-            )
-        self._producer.flush()
-        failed = [f.exception for f in futures if f.failed()]
-        if failed:
-            raise DeliveryError(
-                f"{len(failed)} of {len(letters)} dead letters to {self.topic} were not "
-                f"acknowledged (first error: {failed[0]!r})"
-            )
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._producer.close()
-
-    def __enter__(self) -> KafkaDeadLetterSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+# --------------------------------------------------------------------------- producing
