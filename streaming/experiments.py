@@ -21,7 +21,7 @@ from engine.data import core_filter, load_dataset, split_leave_one_out
 from engine.metrics import paired_test
 from engine.models import resolved_config
 from engine.train import OfflineConfig, train_offline
-from graph_store import atomic_write_bytes
+from sevo_common.atomic import atomic_write_bytes
 
 __all__ = ["compare_runs", "load_split", "markdown_table", "run_grid"]
 
