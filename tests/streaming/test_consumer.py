@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.services import free_port
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
 from streaming.cli import main
@@ -35,7 +36,6 @@ from streaming.kafka_io import (
 )
 from streaming.metrics import EngineMetrics
 from streaming.replay import LogSource
-from streaming.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "connect_timeout_s": 10.0}

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from devtools.services import free_port
 from streaming.errors import ServiceUnavailableError
 from streaming.events import Event, parse_records
 from streaming.kafka_io import (
@@ -25,7 +26,6 @@ from streaming.kafka_io import (
     parse_position,
     produce_events,
 )
-from streaming.services import free_port
 
 FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 
