@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from streaming.services import RedisService, TansuService, free_port
+    from devtools.services import RedisService, TansuService, free_port
 
     load_before = os.getloadavg()
     rows = []

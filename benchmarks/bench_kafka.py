@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from streaming.services import TansuService, free_port
+    from devtools.services import TansuService, free_port
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:

@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.experiments import load_split  # noqa: E402
 from engine.models import build_model  # noqa: E402
 from engine.train import (  # noqa: E402
     OfflineConfig,
@@ -41,7 +42,6 @@ from engine.train import (  # noqa: E402
     train_epoch,
     trainable_users,
 )
-from streaming.experiments import load_split  # noqa: E402
 
 
 class TimedSmoother:

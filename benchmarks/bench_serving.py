@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from streaming.services import RedisService, free_port
+    from devtools.services import RedisService, free_port
 
     rng = np.random.default_rng(args.seed)
     load_before = os.getloadavg()

@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.experiments import load_split  # noqa: E402
 from engine.models import build_model  # noqa: E402
-from streaming.experiments import load_split  # noqa: E402
 
 
 def cohesion(E: np.ndarray, categories: list[np.ndarray]) -> dict[str, float]:

@@ -30,9 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.experiments import (  # noqa: E402
+    PAPER_RESULTS,
+    grid_configs,
+    markdown_table,
+    run_grid,
+    write_summary,
+)
 from engine.train import OfflineConfig  # noqa: E402
-from streaming.cli import PAPER_BEAUTY  # noqa: E402
-from streaming.experiments import grid_configs, markdown_table, run_grid, write_summary  # noqa: E402
 
 log = logging.getLogger("reproduce")
 
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for c in configs
         ]
-        paper = PAPER_BEAUTY if args.data == "beauty" else None
+        paper = PAPER_RESULTS.get(args.data)
         for future in as_completed(futures):
             future.result()
             plot_curves(out)

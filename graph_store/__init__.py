@@ -12,12 +12,11 @@ from .builders import (
     knn_edges,
     sequence_edges,
 )
-from .graph import GraphSnapshot, ItemGraph, atomic_write_bytes
+from .graph import GraphSnapshot, ItemGraph
 
 __all__ = [
     "GraphSnapshot",
     "ItemGraph",
-    "atomic_write_bytes",
     "category_edges",
     "combine_edges",
     "graph_from_categories",

@@ -17,11 +17,9 @@ Design (DESIGN §3):
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from sevo_common.atomic import atomic_write_bytes
 
 __all__ = ["GraphSnapshot", "ItemGraph"]
 
@@ -730,25 +730,3 @@ def _symmetric_top_k(A: sp.csr_matrix, k: int) -> sp.csr_matrix:
     kept.eliminate_zeros()
     kept = kept.maximum(kept.T).tocsr()
     return kept
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so a reader sees either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from graph_store import atomic_write_bytes
+from sevo_common.atomic import atomic_write_bytes
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore"]
 

@@ -113,71 +113,17 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- sevo offline
-PAPER_BEAUTY = {
-    "sasrec/adamw": {
-        "HR@1": 0.0120,
-        "HR@5": 0.0404,
-        "HR@10": 0.0634,
-        "NDCG@5": 0.0262,
-        "NDCG@10": 0.0336,
-    },
-    "sasrec/sevo-adamw": {
-        "HR@1": 0.0154,
-        "HR@5": 0.0499,
-        "HR@10": 0.0759,
-        "NDCG@5": 0.0328,
-        "NDCG@10": 0.0411,
-    },
-    "gru4rec/adamw": {
-        "HR@1": 0.0061,
-        "HR@5": 0.0233,
-        "HR@10": 0.0395,
-        "NDCG@5": 0.0146,
-        "NDCG@10": 0.0198,
-    },
-    "gru4rec/sevo-adamw": {
-        "HR@1": 0.0094,
-        "HR@5": 0.0326,
-        "HR@10": 0.0524,
-        "NDCG@5": 0.0209,
-        "NDCG@10": 0.0273,
-    },
-    "mf/adamw": {
-        "HR@1": 0.0071,
-        "HR@5": 0.0272,
-        "HR@10": 0.0454,
-        "NDCG@5": 0.0170,
-        "NDCG@10": 0.0228,
-    },
-    "mf/sevo-adamw": {
-        "HR@1": 0.0076,
-        "HR@5": 0.0293,
-        "HR@10": 0.0480,
-        "NDCG@5": 0.0184,
-        "NDCG@10": 0.0244,
-    },
-    "bert4rec/adamw": {
-        "HR@1": 0.0157,
-        "HR@5": 0.0479,
-        "HR@10": 0.0716,
-        "NDCG@5": 0.0319,
-        "NDCG@10": 0.0395,
-    },
-    "bert4rec/sevo-adamw": {
-        "HR@1": 0.0172,
-        "HR@5": 0.0522,
-        "HR@10": 0.0772,
-        "NDCG@5": 0.0350,
-        "NDCG@10": 0.0430,
-    },
-}
-
-
 def _cmd_offline(args: argparse.Namespace) -> int:
     import torch
 
+    from engine.experiments import (
+        PAPER_RESULTS,
+        grid_configs,
+        markdown_table,
+        run_grid,
+        write_summary,
+    )
     from engine.train import OfflineConfig
-    from streaming.experiments import grid_configs, markdown_table, run_grid, write_summary
 
     torch.set_num_threads(args.threads)
     base = OfflineConfig(
@@ -206,7 +152,7 @@ def _cmd_offline(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         resume=not args.no_resume,
     )
-    paper = PAPER_BEAUTY if str(args.data) == "beauty" else None
+    paper = PAPER_RESULTS.get(str(args.data))
     summary = write_summary(args.out, results, paper)
     print(markdown_table(summary, paper), end="")
     print(f"results in {args.out}")

@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from streaming.services import RedisService, TansuService, free_port
+from devtools.services import RedisService, TansuService, free_port
 
 
 @pytest.fixture(scope="session")

@@ -27,4 +27,4 @@ args=(start --state-dir "$state"
 [[ "${SEVO_NO_REDIS:-0}" == 1 ]] && args+=(--no-redis)
 [[ "${SEVO_REDIS_AOF:-0}" == 1 ]] && args+=(--redis-appendonly)
 cd "$root"
-exec "$py" -m streaming.services "${args[@]}"
+exec "$py" -m devtools.services "${args[@]}"

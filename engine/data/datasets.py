@@ -34,6 +34,7 @@ from engine.data.loaders import (
     load_movielens_100k,
 )
 from engine.data.preprocessing import renamed
+from sevo_common.atomic import atomic_write_bytes
 
 __all__ = [
     "BEAUTY_BASE_URLS",
@@ -264,7 +265,7 @@ def fetch_beauty(
     target.mkdir(parents=True, exist_ok=True)
     # interactions.tsv last: its presence is what marks the data set as available.
     for name in ("item_attributes.json", "interactions.tsv"):
-        _atomic_write(target / name, files[name])
+        atomic_write_bytes(target / name, files[name])
     logger.info("Amazon Beauty cached at %s", target)
     return target
 
@@ -329,35 +330,6 @@ def _join_beauty(sequences: str, times: str) -> bytes:
         order = sorted(range(len(seconds)), key=seconds.__getitem__)
         out.extend(f"{user}\t{seq[1 + j]}\t{seconds[j]}\n" for j in order)
     return "".join(out).encode("utf-8")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a flushed temporary file in the same directory + rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _load_beauty() -> Interactions:

@@ -107,7 +107,7 @@ def test_bad_config_values_raise():
 def test_a_finished_run_is_reused_across_devices_and_added_fields_but_not_changed_ones():
     from dataclasses import asdict
 
-    from streaming.experiments import same_experiment
+    from engine.experiments import same_experiment
 
     config = OfflineConfig(epochs=3, device="cpu")
     saved = asdict(replace(config, device="cuda"))

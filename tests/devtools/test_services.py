@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from streaming import services
-from streaming.services import ServiceStartError, free_port
+from devtools import services
+from devtools.services import ServiceStartError, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_local_services_command_line(tmp_path):
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "streaming.services", *args, "--state-dir", str(state)],
+            [sys.executable, "-m", "devtools.services", *args, "--state-dir", str(state)],
             cwd=ROOT,
             capture_output=True,
             text=True,
