@@ -700,28 +700,3 @@ def _offset_and_metadata(cls: Any, offset: int) -> Any:
     if "leader_epoch" in getattr(cls, "_fields", ()):
         return cls(offset, "", -1)
     return cls(offset, "")
-
-
-# --------------------------------------------------------------------------- producing
-
-
-def _clean_positions(positions: Mapping[str, int]) -> dict[str, int]:
-    out = {}
-    for key, value in dict(positions).items():
-        topic, partition, offset = parse_position(str(key))
-        if offset is not None:
-            raise ValueError(f"position keys are 'topic:partition', got {key!r}")
-        if isinstance(value, bool) or int(value) != value or int(value) < 0:
-            raise ValueError(f"position of {key!r} must be a non-negative integer, got {value!r}")
-        out[format_position(topic, partition)] = int(value)
-    return out
-
-
-def _offset_and_metadata(cls: Any, offset: int) -> Any:
-    # kafka-python >= 2.1 added leader_epoch to OffsetAndMetadata.
-    if "leader_epoch" in getattr(cls, "_fields", ()):
-        return cls(offset, "", -1)
-    return cls(offset, "")
-
-
-# --------------------------------------------------------------------------- producing
