@@ -27,7 +27,8 @@ reason               cause
 ``bad_type``         a field of the wrong type (bool is not a number; ids must be str or int;
                      ``timestamp`` a number or a date-shaped string; ``weight`` a number;
                      ``event_type`` a string of at most ``max_id_len`` characters)
-``bad_id``           an empty / blank id, or one longer than ``max_id_len`` characters
+``bad_id``           an empty / blank id, one longer than ``max_id_len`` characters, or the
+                     reserved item id ``"<pad>"``
 ``bad_timestamp``    NaN, infinite or negative time, or a date-shaped string that is not a valid
                      ISO-8601 date-time (``"2024-02-30"``)
 ``future_timestamp`` time more than ``max_future_s`` after ``now`` (only checked given ``now``)
@@ -60,6 +61,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
+    "PAD_ITEM_ID",
     "REASONS",
     "Event",
     "RecordError",
@@ -84,6 +86,9 @@ REASONS: tuple[str, ...] = (
 """Every reason code a rejected record can carry."""
 
 _REQUIRED = ("user_id", "item_id", "timestamp")
+
+PAD_ITEM_ID = "<pad>"
+"""The item id of the models' padding row (row 0): reserved, so no event may name it."""
 
 # A date-time string starts with a full calendar date; anything else (a number as text, a word)
 # is not treated as a date at all, so a bare number can never be read as a year.
@@ -239,6 +244,8 @@ def _check_id(name: str, value: Any, max_id_len: int) -> str:
         raise RecordError("bad_id", f"{name} is empty")
     if len(text) > max_id_len:
         raise RecordError("bad_id", f"{name} is longer than {max_id_len} characters")
+    if name == "item_id" and text == PAD_ITEM_ID:
+        raise RecordError("bad_id", f"item_id {PAD_ITEM_ID!r} is reserved (the padding row)")
     return text
 
 

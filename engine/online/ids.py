@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.events import PAD_ITEM_ID
+
 __all__ = ["PAD_ID", "IdMaps", "as_str_array", "assign_rows", "lookup_rows"]
 
 #: The id of item row 0 (padding); reserved, so no event may name it.
-PAD_ID = "<pad>"
+PAD_ID = PAD_ITEM_ID  # row 0; the event parser rejects it as an item id
 
 
 def as_str_array(name: str, values: Any) -> np.ndarray:

@@ -143,3 +143,17 @@ def test_csv_timestamps_may_be_iso_8601(tmp_path: Path) -> None:
     bad = _write(tmp_path / "f.tsv", "user_id\titem_id\ttimestamp\nu\ta\t2024-02-30\n")
     with pytest.raises(DataFormatError, match=r"line 2: .*\[bad_timestamp\]"):
         load_dataset(bad)
+
+
+def test_the_padding_item_id_is_a_bad_id():
+    """Row 0 of every item table is the padding row named "<pad>": an event naming it would
+    crash the trainer, so the parser rejects it (a dead letter in streaming)."""
+    from engine.data.events import PAD_ITEM_ID, RecordError
+
+    assert PAD_ITEM_ID == "<pad>"
+    with pytest.raises(RecordError) as err:
+        validate_record({"user_id": "u", "item_id": "<pad>", "timestamp": 1.0})
+    assert err.value.args[0] == "bad_id"
+    assert (
+        validate_record({"user_id": "<pad>", "item_id": "i", "timestamp": 1.0}).user_id == "<pad>"
+    )
