@@ -1,6 +1,6 @@
 """The live item–item graph: raw symmetric weights A, weighted degrees d, forward decay.
 
-Design (DESIGN §3):
+Design (docs/design.md, "The graph store"):
 
 * We store the *raw* weights ``A`` and degrees ``d``, never the normalised ``Ã = D^-1/2 A D^-1/2``.
   ``Ã·X`` is computed as ``s ⊙ (A · (s ⊙ X))`` with ``s = d^-1/2`` (0 where ``d = 0``), so an edge
@@ -521,7 +521,7 @@ class ItemGraph:
         if self._snapshot is not None:
             return self._snapshot
         if self._pending_nnz > self.merge_fraction * self._base.nnz:
-            # Merge at snapshot time (DESIGN §3) once the buffer passes merge_fraction of the
+            # Merge at snapshot time once the buffer passes merge_fraction of the
             # base, without the min_merge floor that applies to writes: every product of
             # the snapshot also runs over the pending entries, and they had to be summed
             # into a CSR of their own at each snapshot, which costs more than an O(nnz)

@@ -1,6 +1,6 @@
 """Durable checkpoints: trainer state + source offsets, written atomically, verified on load.
 
-A checkpoint is the source of truth for offsets (DESIGN §4): it stores the next offset of every
+A checkpoint is the source of truth for offsets: it stores the next offset of every
 source partition together with the model, optimizer, graph and user state, so a restart resumes
 exactly where the state left off.
 
