@@ -160,6 +160,9 @@ def _cmd_offline(args: argparse.Namespace) -> int:
 
 
 def _add_offline(sub: argparse._SubParsersAction) -> None:
+    from engine.config import GRAPHS, MODEL_NAMES, OPTIMIZERS, OfflineConfig
+
+    d = OfflineConfig()
     p = sub.add_parser(
         "offline",
         help="train and evaluate offline (leave-one-out, full ranking), compare optimizers",
@@ -168,55 +171,45 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
         "paired tests of SEvo against AdamW.",
     )
     p.add_argument("--data", default="ml-100k", help="ml-100k, beauty, or a dataset path")
+    p.add_argument("--model", nargs="+", default=[d.model], choices=MODEL_NAMES)
+    # Both optimizers by default, AdamW first: the grid runs in this order.
+    p.add_argument("--optimizer", nargs="+", default=sorted(OPTIMIZERS), choices=OPTIMIZERS)
     p.add_argument(
-        "--model",
-        nargs="+",
-        default=["sasrec"],
-        choices=["sasrec", "gru4rec", "mf", "bert4rec", "lightgcn"],
+        "--graph", nargs="+", default=[d.graph], choices=GRAPHS, help="graph(s) SEvo smooths over"
     )
-    p.add_argument(
-        "--optimizer", nargs="+", default=["adamw", "sevo-adamw"], choices=["adamw", "sevo-adamw"]
-    )
-    p.add_argument(
-        "--graph",
-        nargs="+",
-        default=["interactions"],
-        choices=["interactions", "categories", "both"],
-        help="graph(s) SEvo smooths over",
-    )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--seeds", nargs="+", type=int, default=[d.seed])
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument(
         "--patience",
         type=int,
-        default=None,
-        help="stop after this many validations without improvement",
+        default=d.patience,
+        help="stop after this many validations without improvement (None: never)",
     )
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--maxlen", type=int, default=50)
-    p.add_argument("--beta", type=float, default=0.99, help="SEvo β")
-    p.add_argument("--L", type=int, default=3, help="SEvo propagation steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--maxlen", type=int, default=d.maxlen)
+    p.add_argument("--beta", type=float, default=d.sevo_beta, help="SEvo β")
+    p.add_argument("--L", type=int, default=d.sevo_steps, help="SEvo propagation steps")
     p.add_argument(
         "--category-weight",
         type=float,
-        default=None,
+        default=d.category_weight,
         help="weight of the category graph in --graph both "
-        "(default: balance the total weights of the two graphs)",
+        "(None: balance the total weights of the two graphs)",
     )
     p.add_argument(
         "--max-category-size",
         type=int,
-        default=500,
+        default=d.max_category_size,
         help="ignore categories with more items than this (0 keeps all)",
     )
     p.add_argument("--core", type=int, default=5, help="k-core filter (0 disables)")
     p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
-        "--device", default="cpu", help="torch device for training and evaluation (e.g. cuda)"
+        "--device", default=d.device, help="torch device for training and evaluation (e.g. cuda)"
     )
     p.add_argument("--out", type=Path, default=Path("results/offline"))
     p.add_argument("--no-resume", action="store_true", help="re-run finished runs")

@@ -167,6 +167,7 @@ class Pipeline:
         self.loss = math.nan
         self.watermark: float | None = None
         self._warned_all_dead = False
+        self._last_lag_t = self._last_graph_t = -math.inf
 
     # ------------------------------------------------------------------ checkpoints
     def _own_positions(self, offsets: Mapping[str, int], where: Any) -> dict[str, int]:
@@ -418,7 +419,6 @@ class Pipeline:
                 no final checkpoint is written then (the newest durable one stays the resume
                 point).
         """
-        cfg, trainer, metrics = self.config, self.trainer, self.metrics
         stop = stop if stop is not None else threading.Event()
         started = time.perf_counter()
         self.source = source
@@ -430,9 +430,9 @@ class Pipeline:
             source.attach(self)
             source.seek(self.resume_positions())
             start_positions = self.reflected()
-            if self.publisher is not None and trainer.num_items:
-                self.publisher.observe(trainer, offsets=self.reflected(), force=True)
-            if cfg.progress:
+            if self.publisher is not None and self.trainer.num_items:
+                self.publisher.observe(self.trainer, offsets=start_positions, force=True)
+            if self.config.progress:
                 bar = tqdm(
                     total=source.total,
                     initial=0 if live else sum(start_positions.values()),
@@ -441,75 +441,20 @@ class Pipeline:
                     desc="run" if live else "replay",
                     dynamic_ncols=True,
                 )
-            t_start = self.clock()
-            last_record_t = t_start
-            last_lag_t = last_graph_t = -math.inf
-            if live:
-                metrics.maybe_log(log)
-            while not stop.is_set():
-                limit = cfg.max_batch
-                if cfg.max_records is not None:
-                    limit = min(limit, cfg.max_records - self.records)
-                    if limit <= 0:
-                        stopped_by = "max_records"
-                        break
-                batch = source.next_batch(limit, cfg.batch_timeout_ms)
-                if batch is None:
-                    stopped_by = "end"
-                    break
-                now = self.clock()
-                if batch.records:
-                    self.process(batch, live=live)
-                    if bar is not None:
-                        bar.update(len(batch))
-                        if self.evaluator is not None and self.evaluator.count:
-                            ev = self.evaluator
-                            bar.set_postfix(
-                                hr10=f"{ev.hits / ev.count:.3f}", items=trainer.num_items
-                            )
-                    last_record_t = now = self.clock()
-                elif self.publisher is not None:  # a due publish of the last batches' users
-                    self.publisher.observe(
-                        trainer, watermark=self.watermark, offsets=self.reflected()
-                    )
-                if not batch.records and cfg.idle_exit_s is not None:
-                    since = max(last_record_t, self.assigned_at or t_start)
-                    allowed = cfg.idle_exit_s
-                    if self.assigned_at is None and live:
-                        allowed = max(allowed, _FIRST_JOIN_GRACE_S)
-                    if now - since >= allowed:
-                        stopped_by = "idle"
-                        break
-                if self.store is not None and (
-                    self.since_checkpoint >= cfg.checkpoint_every_events
-                    or (
-                        cfg.checkpoint_every_s is not None
-                        and now - self.last_checkpoint_t >= cfg.checkpoint_every_s
-                        and self.dirty()
-                    )
-                ):
-                    self.checkpoint_and_commit(why="periodic")
-                if live and now - last_lag_t >= cfg.lag_every_s:
-                    metrics.set_lag(source.lag())
-                    last_lag_t = now
-                if live and now - last_graph_t >= _GRAPH_EVERY_S:  # O(nnz): not per batch
-                    metrics.set_graph(trainer.graph.num_nodes, trainer.summary()["graph_nnz"])
-                    last_graph_t = now
-                if live:
-                    metrics.maybe_log(log)
+            stopped_by = self._loop(source, stop, bar)
             if self.dirty():
                 self.checkpoint_and_commit(why=stopped_by)
             if live:
-                metrics.set_lag(source.lag())
+                self.metrics.set_lag(source.lag())
         finally:
             if bar is not None:
                 bar.close()
             final_offsets = self.reflected()
             source.close()
             if self.publisher is not None:
-                self.publisher.close(trainer, watermark=self.watermark, offsets=final_offsets)
+                self.publisher.close(self.trainer, watermark=self.watermark, offsets=final_offsets)
         if live:
-            log.info("stopped (%s): %s", stopped_by, metrics.log_line())
+            log.info("stopped (%s): %s", stopped_by, self.metrics.log_line())
         only_dead = self.records > 0 and self.events == 0
         if only_dead:
             log.error(
@@ -531,6 +476,77 @@ class Pipeline:
             only_dead_letters=only_dead,
         )
         return summary
+
+    def _loop(self, source: EventSource, stop: threading.Event, bar: Any) -> str:
+        """Batches until the source ends or a stop condition holds; returns which."""
+        cfg, live = self.config, source.total is None
+        t_start = last_record_t = self.clock()
+        if live:
+            self.metrics.maybe_log(log)
+        while not stop.is_set():
+            limit = cfg.max_batch
+            if cfg.max_records is not None:
+                limit = min(limit, cfg.max_records - self.records)
+                if limit <= 0:
+                    return "max_records"
+            batch = source.next_batch(limit, cfg.batch_timeout_ms)
+            if batch is None:
+                return "end"
+            now = self.clock()
+            if batch.records:
+                self.process(batch, live=live)
+                if bar is not None:
+                    bar.update(len(batch))
+                    ev = self.evaluator
+                    if ev is not None and ev.count:
+                        bar.set_postfix(
+                            hr10=f"{ev.hits / ev.count:.3f}", items=self.trainer.num_items
+                        )
+                last_record_t = now = self.clock()
+            else:
+                if self.publisher is not None:  # a due publish of the last batches' users
+                    self.publisher.observe(
+                        self.trainer, watermark=self.watermark, offsets=self.reflected()
+                    )
+                if self._idle_too_long(now, max(last_record_t, self.assigned_at or t_start), live):
+                    return "idle"
+            if self._checkpoint_due(now):
+                self.checkpoint_and_commit(why="periodic")
+            if live:
+                self._monitor(source, now)
+        return "stop"
+
+    def _idle_too_long(self, now: float, since: float, live: bool) -> bool:
+        allowed = self.config.idle_exit_s
+        if allowed is None:
+            return False
+        if self.assigned_at is None and live:  # a first group join can take seconds
+            allowed = max(allowed, _FIRST_JOIN_GRACE_S)
+        return now - since >= allowed
+
+    def _checkpoint_due(self, now: float) -> bool:
+        cfg = self.config
+        if self.store is None:
+            return False
+        if self.since_checkpoint >= cfg.checkpoint_every_events:
+            return True
+        return (
+            cfg.checkpoint_every_s is not None
+            and now - self.last_checkpoint_t >= cfg.checkpoint_every_s
+            and self.dirty()
+        )
+
+    def _monitor(self, source: EventSource, now: float) -> None:
+        """Lag, graph size (O(nnz): not per batch) and the periodic status line."""
+        if now - self._last_lag_t >= self.config.lag_every_s:
+            self.metrics.set_lag(source.lag())
+            self._last_lag_t = now
+        if now - self._last_graph_t >= _GRAPH_EVERY_S:
+            self.metrics.set_graph(
+                self.trainer.graph.num_nodes, self.trainer.summary()["graph_nnz"]
+            )
+            self._last_graph_t = now
+        self.metrics.maybe_log(log)
 
     def _reported(self, positions: dict[str, int]) -> int | dict[str, int]:
         """A log's single position (keyed by the source itself) as a number; partitions as
