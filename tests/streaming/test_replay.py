@@ -297,3 +297,42 @@ def test_replay_stops_cleanly_on_a_stop_request_with_a_checkpoint(tmp_path):
     )
     assert rest["start_position"] == 10 and rest["events"] == 30
     assert rest["events_applied"] == 40 and rest["stopped_by"] == "end"
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_replay_checkpoints_and_exits_0_on_a_signal(tmp_path, signame):
+    """``sevo replay`` stops after the current batch on SIGINT/SIGTERM, writes a checkpoint and
+    exits 0; the rerun resumes there and applies each event once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt = tmp_path / "ckpt"
+    argv = [
+        sys.executable,
+        "-m",
+        "streaming.cli",
+        "replay",
+        "ml-100k",
+        "--max-events",
+        "3000",
+        "--checkpoint-dir",
+        str(ckpt),
+        *ARGS,
+    ]
+    proc = subprocess.Popen([*argv, "--rate", "1000"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(ckpt.glob("ckpt-*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first periodic checkpoint (every 1000 records) is written
+    proc.send_signal(getattr(signal, signame))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    first = json.loads(out)
+    assert first["stopped_by"] == "stop" and 1000 <= first["end_position"] < 3000
+    assert first["checkpoint"]["position"] == {"file:ml-100k": first["end_position"]}
+    rest = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert rest.returncode == 0, rest.stderr
+    second = json.loads(rest.stdout)
+    assert second["start_position"] == first["end_position"]
+    assert second["events_applied"] == 3000 and second["stopped_by"] == "end"
