@@ -149,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-category-size", type=int, default=500, help="see `sevo offline --help`"
     )
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=OfflineConfig().batch_size)
+    parser.add_argument(
+        "--maxlen",
+        type=int,
+        default=OfflineConfig().maxlen,
+        help="sequence length (the SEvo authors use 50 on Amazon, 200 on MovieLens)",
+    )
     parser.add_argument(
         "--device", default="cpu", help="torch device of every run (e.g. cuda; default cpu)"
     )
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         eval_every=args.eval_every,
         batch_size=args.batch_size,
+        maxlen=args.maxlen,
         max_category_size=args.max_category_size or None,
         model_overrides=parse_model_options(args.model_option),
         device=args.device,

@@ -34,7 +34,7 @@ from graph_store import ItemGraph, category_edges, combine_edges, sequence_edges
 from .config import OfflineConfig
 from .data import SequenceSplit
 from .metrics import summarize, target_ranks
-from .models import Recommender, build_model, resolved_config
+from .models import Recommender, build_model, model_class, resolved_config
 from .optim import SEvoAdamW
 from .sevo import Smoother
 
@@ -51,6 +51,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+
+def model_kwargs(config: OfflineConfig) -> dict[str, Any]:
+    """The model's config overrides for a run: ``model_overrides``, and for a sequential
+    model the run's ``maxlen`` (its inputs are that long) unless the overrides set it."""
+    kwargs = dict(config.model_overrides)
+    if model_class(config.model).sequential:
+        kwargs.setdefault("maxlen", config.maxlen)
+    return kwargs
 
 @dataclass
 class RunResult:
@@ -73,7 +82,7 @@ class RunResult:
             "dataset": self.dataset,
             "config": asdict(self.config),
             # the model's whole config as it was built (defaults may change between versions)
-            "model_config": resolved_config(self.config.model, **self.config.model_overrides),
+            "model_config": resolved_config(self.config.model, **model_kwargs(self.config)),
             "valid": self.valid,
             "test": self.test,
             "best_epoch": self.best_epoch,
@@ -276,7 +285,7 @@ def train_offline(
         num_items=split.num_items,
         num_users=split.num_users,
         seed=config.seed,
-        **config.model_overrides,
+        **model_kwargs(config),
     ).to(device)
     if hasattr(model, "set_graph"):  # LightGCN carries the training graph inside the model
         model.set_graph(
