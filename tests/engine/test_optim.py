@@ -42,6 +42,17 @@ def run_steps(opt, table, dense, steps, rows_used=None):
         opt.step()
 
 
+def _lockstep(opt_a, params_a, opt_b, params_b, *, steps: int) -> None:
+    """Step both optimizers on the same losses; the params stay equal after every step."""
+    for t in range(steps):
+        for opt, (table, dense) in ((opt_a, params_a), (opt_b, params_b)):
+            opt.zero_grad()
+            loss_fn(table, dense, t).backward()
+            opt.step()
+        for a, b in zip(params_a, params_b):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 CASES = [
     (SEvoAdamW, torch.optim.AdamW, {"lr": 1e-2, "betas": (0.9, 0.98), "weight_decay": 0.1}),
     (SEvoAdamW, torch.optim.AdamW, {"lr": 3e-3, "eps": 1e-6, "weight_decay": 0.0}),
@@ -64,13 +75,7 @@ def test_identity_smoother_equals_torch_step_for_step(ours, theirs, kwargs, smoo
         **kwargs,
     )
     opt_b = theirs([b_table, b_dense], **kwargs)
-    for t in range(8):
-        for opt, table, dense in [(opt_a, a_table, a_dense), (opt_b, b_table, b_dense)]:
-            opt.zero_grad()
-            loss_fn(table, dense, t).backward()
-            opt.step()
-        torch.testing.assert_close(a_table, b_table, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(a_dense, b_dense, rtol=1e-5, atol=1e-6)
+    _lockstep(opt_a, (a_table, a_dense), opt_b, (b_table, b_dense), steps=8)
 
 
 @pytest.mark.parametrize(("ours", "kwargs"), [(c[0], c[2]) for c in CASES])
@@ -450,10 +455,4 @@ def test_torch_releases_without_decoupled_adam_take_the_functional_adamw(
         **kwargs,
     )
     opt_b = theirs([b_table, b_dense], **kwargs)
-    for t in range(5):
-        for opt, table, dense in [(opt_a, a_table, a_dense), (opt_b, b_table, b_dense)]:
-            opt.zero_grad()
-            loss_fn(table, dense, t).backward()
-            opt.step()
-    torch.testing.assert_close(a_table, b_table, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a_dense, b_dense, rtol=1e-5, atol=1e-6)
+    _lockstep(opt_a, (a_table, a_dense), opt_b, (b_table, b_dense), steps=5)
