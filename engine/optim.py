@@ -36,7 +36,16 @@ from torch.optim import Optimizer
 from torch.optim.adam import adam as _torch_adam_fn
 from torch.optim.adamw import adamw as _torch_adamw_fn
 
-__all__ = ["SEvoAdam", "SEvoAdamW", "SEvoSGD", "sevo_adam", "sevo_sgd"]
+__all__ = [
+    "SMOOTH_TARGETS",
+    "SEvoAdam",
+    "SEvoAdamW",
+    "SEvoSGD",
+    "sevo_adam",
+    "sevo_adamw",
+    "sevo_adamw_lazy",
+    "sevo_sgd",
+]
 
 SmootherFn = Callable[[Tensor], Tensor]
 
@@ -351,6 +360,60 @@ def _fused_direction(
 
 
 # ---------------------------------------------------------------------- SEvo-AdamW
+#: Where SEvo-AdamW applies ψ (see :class:`SEvoAdamW`'s ``smooth``).
+SMOOTH_TARGETS = ("update", "gradient")
+
+
+def sevo_adamw_lazy(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    smoother: SmootherFn | None,
+) -> None:
+    """Functional step of SEvo-AdamW with ``smooth="gradient"`` (see :class:`SEvoAdamW`).
+
+    ψ smooths the gradient ``G`` of the group (its params stacked row-wise); only the rows
+    where ``ψ(G)`` is non-zero — the sampled rows and their neighbours up to L hops — take an
+    AdamW step (moments, per-row step count, decoupled weight decay and the update). Every
+    other row keeps its value and its state exactly, as in a lazy (sparse) Adam.
+    """
+    if not params:
+        return
+    stacked = grads[0] if len(grads) == 1 else torch.cat(grads, dim=0)
+    smoothed = smoother(stacked) if smoother is not None else stacked
+    if smoothed.shape != stacked.shape:
+        raise RuntimeError(
+            f"smoother returned shape {tuple(smoothed.shape)} for input {tuple(stacked.shape)}"
+        )
+    offset = 0
+    for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps):
+        g = smoothed[offset : offset + p.shape[0]]
+        offset += p.shape[0]
+        rows = (g.abs().amax(dim=1) > 0).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        g = g.index_select(0, rows).to(p.dtype)
+        t_rows = t.index_select(0, rows).add_(1)
+        m_rows = m.index_select(0, rows).mul_(beta1).add_(g, alpha=1 - beta1)
+        v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p_rows = p.index_select(0, rows)
+        if weight_decay:
+            p_rows.mul_(1.0 - lr * weight_decay)
+        p_rows.add_(_adam_direction(m_rows, v_rows, t_rows, beta1, beta2, eps), alpha=-lr)
+        t.index_copy_(0, rows, t_rows)
+        m.index_copy_(0, rows, m_rows)
+        v.index_copy_(0, rows, v_rows)
+        p.index_copy_(0, rows, p_rows)
+
+
 def sevo_adamw(
     params: list[Tensor],
     grads: list[Tensor],
@@ -464,6 +527,14 @@ class SEvoAdamW(_SmoothedOptimizer):
             Online, where a micro-batch gives gradients to only a small share of the rows, that
             is the difference between a rare item drifting on and standing still (README,
             "Online: prequential replay").
+        smooth: where ψ acts in a smoothed group. ``"update"`` (default, the paper's): on the
+            final AdamW direction Δ, as above. ``"gradient"``: on the gradient, ``G̃ = ψ(G)``;
+            then only the rows where ``G̃`` is non-zero (the rows with a gradient and their
+            neighbours up to L hops) take an AdamW step with ``G̃`` — moments, per-row step
+            count, weight decay and update — and every other row keeps its value and state
+            (lazy moments, :func:`sevo_adamw_lazy`). ``carry_unsampled`` does not apply to it.
+            Online, where a micro-batch samples a small share of the rows, this keeps the
+            structure-aware update without moving rows the batch says nothing about.
     """
 
     def __init__(
@@ -475,13 +546,17 @@ class SEvoAdamW(_SmoothedOptimizer):
         weight_decay: float = 1e-2,
         *,
         carry_unsampled: bool = True,
+        smooth: str = "update",
     ) -> None:
         _check_hparams(lr, eps, weight_decay, betas)
+        if smooth not in SMOOTH_TARGETS:
+            raise ValueError(f"smooth must be one of {SMOOTH_TARGETS}, got {smooth!r}")
         super().__init__(
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         )
-        # An attribute, not a group default: checkpoints keep their state_dict layout.
+        # Attributes, not group defaults: checkpoints keep their state_dict layout.
         self.carry_unsampled = bool(carry_unsampled)
+        self.smooth = smooth
 
     def _init_buffers(self, p: Tensor, state: dict[str, Tensor]) -> None:
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -497,10 +572,11 @@ class SEvoAdamW(_SmoothedOptimizer):
         # state_dict() is unchanged (and the attribute is rebuilt after unpickling).
         workspace = self.__dict__.setdefault("_workspace", {})
         carry = self.__dict__.get("carry_unsampled", True)
-        self._adam_family_step(
-            decoupled=True,
-            smoothed_fn=functools.partial(sevo_adamw, workspace=workspace, carry_unsampled=carry),
-        )
+        if self.__dict__.get("smooth", "update") == "gradient":
+            smoothed_fn = sevo_adamw_lazy
+        else:
+            smoothed_fn = functools.partial(sevo_adamw, workspace=workspace, carry_unsampled=carry)
+        self._adam_family_step(decoupled=True, smoothed_fn=smoothed_fn)
         return loss
 
 

@@ -456,3 +456,94 @@ def test_torch_releases_without_decoupled_adam_take_the_functional_adamw(
     )
     opt_b = theirs([b_table, b_dense], **kwargs)
     _lockstep(opt_a, (a_table, a_dense), opt_b, (b_table, b_dense), steps=5)
+
+
+# ---------------------------------------------------------------------- smooth="gradient"
+def path_graph(n: int) -> ItemGraph:
+    """0-1-2-...-(n-1): row i's L-hop neighbourhood is easy to name."""
+    g = ItemGraph(n)
+    g.add_edges(np.arange(n - 1), np.arange(1, n))
+    return g
+
+
+def test_gradient_smoothing_steps_only_the_l_hop_neighbourhood_and_keeps_other_state():
+    n, L = 12, 2
+    table = torch.nn.Parameter(torch.randn(n, 3, generator=torch.Generator().manual_seed(0)))
+    smoother = Smoother(path_graph(n), beta=0.9, L=L)
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": smoother}], lr=0.1, weight_decay=0.1, smooth="gradient"
+    )
+    before = table.detach().clone()
+    grad = torch.zeros(n, 3)
+    grad[5] = torch.tensor([1.0, -2.0, 0.5])  # only row 5 is sampled
+    table.grad = grad
+    opt.step()
+    moved = (table.detach() != before).any(dim=1)
+    assert moved.nonzero().view(-1).tolist() == [3, 4, 5, 6, 7]  # rows within L hops of 5
+    state = opt.state[table]
+    assert state["step"].view(-1).tolist() == [float(3 <= i <= 7) for i in range(n)]
+    assert state["exp_avg"][~moved].abs().sum() == 0 and state["exp_avg_sq"][~moved].sum() == 0
+    # The first step of a row is AdamW's: Δ = ψ(G)/|ψ(G)| elementwise (up to ε), plus decay.
+    g_tilde = smoother(grad)
+    expected = before * (1 - 0.1 * 0.1) - 0.1 * g_tilde / (g_tilde.abs() + 1e-8)
+    assert torch.allclose(table.detach()[moved], expected[moved], atol=1e-6)
+
+
+def test_gradient_smoothing_with_identity_smoother_is_lazy_adamw():
+    """β = 0 makes ψ the identity: a row takes AdamW steps only when it has a gradient, and its
+    t-th own step equals torch's AdamW at step t (its state is untouched in between)."""
+    n = 6
+    table = torch.nn.Parameter(torch.randn(n, 4, generator=torch.Generator().manual_seed(1)))
+    opt = SEvoAdamW(
+        [{"params": [table], "smoother": Smoother(ring_graph(n), beta=0.0)}],
+        lr=0.05,
+        weight_decay=0.01,
+        smooth="gradient",
+    )
+    ref_row = torch.nn.Parameter(table.detach()[2:3].clone())
+    ref = torch.optim.AdamW([ref_row], lr=0.05, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(8):
+        grad = torch.zeros(n, 4)
+        if step % 3 != 1:  # row 2 is missing from every third batch
+            grad[2] = torch.randn(4, generator=gen)
+            ref_row.grad = grad[2:3].clone()
+            ref.step()
+        table.grad = grad
+        opt.step()
+        assert torch.allclose(table.detach()[2:3], ref_row.detach(), atol=1e-6)
+    assert torch.equal(opt.state[table]["step"].view(-1)[[0, 2]], torch.tensor([0.0, 5.0]))
+
+
+def test_gradient_smoothing_state_dict_round_trip_continues_in_lockstep():
+    def build():
+        table = torch.nn.Parameter(torch.randn(8, 3, generator=torch.Generator().manual_seed(3)))
+        smoother = Smoother(path_graph(8), beta=0.9, L=1)
+        return table, SEvoAdamW(
+            [{"params": [table], "smoother": smoother}], lr=0.01, smooth="gradient"
+        )
+
+    def step(table, opt, i):
+        grad = torch.zeros(8, 3)
+        grad[i % 8] = 1.0
+        table.grad = grad
+        opt.step()
+
+    a, opt_a = build()
+    for i in range(3):
+        step(a, opt_a, i)
+    buf = io.BytesIO()
+    torch.save(opt_a.state_dict(), buf)
+    b, opt_b = build()
+    b.data.copy_(a.detach())
+    buf.seek(0)
+    opt_b.load_state_dict(torch.load(buf, weights_only=True))
+    for i in range(3, 7):
+        step(a, opt_a, i)
+        step(b, opt_b, i)
+    assert torch.equal(a.detach(), b.detach())
+
+
+def test_smooth_target_is_validated():
+    with pytest.raises(ValueError, match="smooth must be one of"):
+        SEvoAdamW([torch.nn.Parameter(torch.zeros(2, 2))], smooth="both")
