@@ -33,6 +33,7 @@ __all__ = [
     "NEW_ITEM_POLICIES",
     "ONLINE_MODELS",
     "OPTIMIZERS",
+    "SEVO_SMOOTH_TARGETS",
     "OfflineConfig",
     "OnlineConfig",
 ]
@@ -48,6 +49,8 @@ OPTIMIZERS = ("sevo-adamw", "adamw")
 GRAPHS = ("interactions", "categories", "both")
 #: How the online smoother treats new items (see :attr:`OnlineConfig.new_item_policy`).
 NEW_ITEM_POLICIES = ("passthrough", "paper", "young")
+#: Where SEvo-AdamW applies ψ online (see :attr:`OnlineConfig.sevo_smooth`).
+SEVO_SMOOTH_TARGETS = ("update", "gradient")
 #: What online prequential ranking excludes (see :attr:`OnlineConfig.exclude_history`).
 HISTORY_MODES = ("all", "window")
 
@@ -146,7 +149,12 @@ class OnlineConfig:
             unsmoothed.
         carry_unsampled: SEvo-AdamW's unsampled-row correction (``SEvoAdamW(carry_unsampled)``):
             True (the paper's) keeps a row that is not in the micro-batch moving with its last
-            bias-corrected moments; False lets them decay as AdamW does.
+            bias-corrected moments; False lets them decay as AdamW does. Only for
+            ``sevo_smooth="update"``.
+        sevo_smooth: where ψ acts (``SEvoAdamW(smooth=...)``): ``"update"`` smooths AdamW's
+            final direction of every row (the paper's); ``"gradient"`` smooths the
+            micro-batch's gradient and steps only the rows it reaches (the sampled rows and
+            their neighbours up to ``sevo_steps`` hops), with lazy moments.
         seed: seeds the model initialisation and the training generator.
         model_overrides: fields of the model's config (e.g. ``{"dim": 32}``).
         max_users_state: most users whose recent sequence (and history) is kept; the least
@@ -171,6 +179,7 @@ class OnlineConfig:
     new_item_policy: str = "passthrough"
     young_item_events: int = 10
     carry_unsampled: bool = True
+    sevo_smooth: str = "update"
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     max_users_state: int = 1_000_000
@@ -185,6 +194,10 @@ class OnlineConfig:
         if self.new_item_policy not in NEW_ITEM_POLICIES:
             raise ValueError(
                 f"new_item_policy must be one of {NEW_ITEM_POLICIES}, got {self.new_item_policy!r}"
+            )
+        if self.sevo_smooth not in SEVO_SMOOTH_TARGETS:
+            raise ValueError(
+                f"sevo_smooth must be one of {SEVO_SMOOTH_TARGETS}, got {self.sevo_smooth!r}"
             )
         if self.exclude_history not in HISTORY_MODES:
             raise ValueError(

@@ -419,7 +419,13 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 def _add_online_args(p: argparse.ArgumentParser) -> None:
     """The online trainer settings shared by ``sevo replay`` and ``sevo run``; defaults and
     choices come from :class:`engine.config.OnlineConfig` (which imports no torch)."""
-    from engine.config import NEW_ITEM_POLICIES, ONLINE_MODELS, OPTIMIZERS, OnlineConfig
+    from engine.config import (
+        NEW_ITEM_POLICIES,
+        ONLINE_MODELS,
+        OPTIMIZERS,
+        SEVO_SMOOTH_TARGETS,
+        OnlineConfig,
+    )
 
     d = OnlineConfig()
     p.add_argument("--model", choices=ONLINE_MODELS, default=d.model)
@@ -454,7 +460,15 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
         default="carry" if d.carry_unsampled else "decay",
         help="SEvo-AdamW's item rows missing from a batch: keep moving with their last "
         "bias-corrected moments (carry, the paper's) or let the moments decay as AdamW does "
-        "(decay)",
+        "(decay); with --sevo-smooth update only",
+    )
+    p.add_argument(
+        "--sevo-smooth",
+        choices=SEVO_SMOOTH_TARGETS,
+        default=d.sevo_smooth,
+        help="where SEvo's ψ acts: on AdamW's update of every item row (update, the paper's) "
+        "or on the batch's gradient, stepping only the rows it reaches with lazy moments "
+        "(gradient)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
@@ -482,6 +496,7 @@ def _online_config(args: argparse.Namespace):
         new_item_policy=args.new_item_policy,
         young_item_events=args.young_item_events,
         carry_unsampled=args.unsampled_rows == "carry",
+        sevo_smooth=args.sevo_smooth,
         seed=args.seed,
         model_overrides={"dim": args.dim} if args.dim else {},
     )

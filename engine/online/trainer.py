@@ -183,6 +183,7 @@ class OnlineTrainer:
             betas=cfg.betas,
             weight_decay=cfg.weight_decay,
             carry_unsampled=cfg.carry_unsampled,
+            smooth=cfg.sevo_smooth,
         )
 
     # ------------------------------------------------------------------ counters
