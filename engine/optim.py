@@ -395,23 +395,54 @@ def sevo_adamw_lazy(
         )
     offset = 0
     for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps):
-        g = smoothed[offset : offset + p.shape[0]]
+        g = smoothed[offset : offset + p.shape[0]].to(p.dtype)
         offset += p.shape[0]
-        rows = (g.abs().amax(dim=1) > 0).nonzero().squeeze(1)
-        if rows.numel() == 0:
+        reached = g.abs().amax(dim=1) > 0
+        count = int(reached.sum())
+        if count == 0:
             continue
-        g = g.index_select(0, rows).to(p.dtype)
-        t_rows = t.index_select(0, rows).add_(1)
-        m_rows = m.index_select(0, rows).mul_(beta1).add_(g, alpha=1 - beta1)
-        v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        p_rows = p.index_select(0, rows)
-        if weight_decay:
-            p_rows.mul_(1.0 - lr * weight_decay)
-        p_rows.add_(_adam_direction(m_rows, v_rows, t_rows, beta1, beta2, eps), alpha=-lr)
-        t.index_copy_(0, rows, t_rows)
-        m.index_copy_(0, rows, m_rows)
-        v.index_copy_(0, rows, v_rows)
-        p.index_copy_(0, rows, p_rows)
+        hyper = (lr, beta1, beta2, eps, weight_decay)
+        if count >= p.shape[0] * _DENSE_LAZY_SHARE:
+            _lazy_step_masked(p, g, m, v, t, reached.unsqueeze(1).to(p.dtype), *hyper)
+        else:
+            _lazy_step_gathered(p, g, m, v, t, reached.nonzero().squeeze(1), *hyper)
+
+
+#: Share of a table's rows above which a lazy step runs over the whole table with per-row
+#: factors instead of gathering the reached rows: a gather and a scatter per buffer cost more
+#: than full passes once most rows take a step (online, ψ's L hops reach most of a small
+#: catalogue).
+_DENSE_LAZY_SHARE = 0.5
+
+
+def _lazy_step_masked(p, g, m, v, t, r, lr, beta1, beta2, eps, weight_decay) -> None:
+    """A lazy AdamW step over the whole table: ``r`` (N, 1) is 1 on rows that take the step,
+    0 on rows that keep value and state (their ``g`` is 0, so ``m·1 + 0`` leaves them)."""
+    t.add_(r.view(t.shape))
+    m.mul_(r.mul(beta1 - 1).add_(1)).add_(g, alpha=1 - beta1)
+    v.mul_(r.mul(beta2 - 1).add_(1)).addcmul_(g, g, value=1 - beta2)
+    tr = t.view(-1, 1).clamp(min=1)  # rows never stepped have m = 0: any factor will do
+    if weight_decay:
+        p.mul_(r.mul(-lr * weight_decay).add_(1))
+    denom = v.sqrt().mul_((1 - beta2**tr).rsqrt()).add_(eps)
+    p.addcmul_(m.div(denom), r.div_(1 - beta1**tr), value=-lr)
+
+
+def _lazy_step_gathered(p, g, m, v, t, rows, lr, beta1, beta2, eps, weight_decay) -> None:
+    """A lazy AdamW step of the listed rows only, gathered into small tensors and scattered
+    back."""
+    g = g.index_select(0, rows)
+    t_rows = t.index_select(0, rows).add_(1)
+    m_rows = m.index_select(0, rows).mul_(beta1).add_(g, alpha=1 - beta1)
+    v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    p_rows = p.index_select(0, rows)
+    if weight_decay:
+        p_rows.mul_(1.0 - lr * weight_decay)
+    p_rows.add_(_adam_direction(m_rows, v_rows, t_rows, beta1, beta2, eps), alpha=-lr)
+    t.index_copy_(0, rows, t_rows)
+    m.index_copy_(0, rows, m_rows)
+    v.index_copy_(0, rows, v_rows)
+    p.index_copy_(0, rows, p_rows)
 
 
 def sevo_adamw(

@@ -489,9 +489,14 @@ def test_gradient_smoothing_steps_only_the_l_hop_neighbourhood_and_keeps_other_s
     assert torch.allclose(table.detach()[moved], expected[moved], atol=1e-6)
 
 
-def test_gradient_smoothing_with_identity_smoother_is_lazy_adamw():
+@pytest.mark.parametrize("dense_share", [0.0, 2.0], ids=["masked", "gathered"])
+def test_gradient_smoothing_with_identity_smoother_is_lazy_adamw(monkeypatch, dense_share):
     """β = 0 makes ψ the identity: a row takes AdamW steps only when it has a gradient, and its
-    t-th own step equals torch's AdamW at step t (its state is untouched in between)."""
+    t-th own step equals torch's AdamW at step t (its state is untouched in between). Both
+    routes of the lazy step (whole table with per-row factors, gathered rows) are checked."""
+    import engine.optim as optim
+
+    monkeypatch.setattr(optim, "_DENSE_LAZY_SHARE", dense_share)
     n = 6
     table = torch.nn.Parameter(torch.randn(n, 4, generator=torch.Generator().manual_seed(1)))
     opt = SEvoAdamW(
@@ -542,6 +547,35 @@ def test_gradient_smoothing_state_dict_round_trip_continues_in_lockstep():
         step(a, opt_a, i)
         step(b, opt_b, i)
     assert torch.equal(a.detach(), b.detach())
+
+
+def test_gradient_smoothing_masked_and_gathered_routes_agree(monkeypatch):
+    import engine.optim as optim
+
+    def run(dense_share):
+        monkeypatch.setattr(optim, "_DENSE_LAZY_SHARE", dense_share)
+        table = torch.nn.Parameter(torch.randn(20, 4, generator=torch.Generator().manual_seed(5)))
+        opt = SEvoAdamW(
+            [{"params": [table], "smoother": Smoother(path_graph(20), beta=0.9, L=2)}],
+            lr=0.01,
+            weight_decay=0.1,
+            smooth="gradient",
+        )
+        gen = torch.Generator().manual_seed(6)
+        for _ in range(10):
+            grad = torch.zeros(20, 4)
+            rows = torch.randperm(20, generator=gen)[:3]
+            grad[rows] = torch.randn(3, 4, generator=gen)
+            table.grad = grad
+            opt.step()
+        return table.detach(), opt.state[table]
+
+    (a, sa), (b, sb) = run(0.0), run(2.0)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(sa["step"], sb["step"])
+    assert torch.allclose(sa["exp_avg"], sb["exp_avg"]) and torch.allclose(
+        sa["exp_avg_sq"], sb["exp_avg_sq"]
+    )
 
 
 def test_smooth_target_is_validated():
