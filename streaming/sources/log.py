@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data import DATASET_NAMES as _DATASET_NAMES
+from engine.data import is_dataset_name
 from streaming.events import DeadLetter, EventBatch, parse_records
 
 __all__ = ["LogSource"]
@@ -29,9 +29,10 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 class LogSource:
     """A finite event log read into memory and served as micro-batches in event-time order.
 
-    Sources: a data set name (``"ml-100k"``, ``"beauty"``), a JSONL file of the wire format
-    (``.jsonl`` / ``.ndjson``: every line goes through :func:`~streaming.events.parse_records`, so
-    bad lines become dead letters with position ``"path:line"`` and the replay goes on), or any
+    Sources: a data set name (``"ml-100k"``, ``"beauty"``, ``"synthetic-drift:0.1"``), a JSONL
+    file of the wire format (``.jsonl`` / ``.ndjson``: every line goes through
+    :func:`~streaming.events.parse_records`, so bad lines become dead letters with position
+    ``"path:line"`` and the replay goes on), or any
     file or directory :func:`engine.data.load_dataset` reads (CSV/TSV, MovieLens, Amazon; these
     loaders reject a malformed file as a whole).
 
@@ -73,7 +74,7 @@ class LogSource:
         self.dead_letters: list[DeadLetter] = []
         text = str(name_or_path)
         path = Path(name_or_path).expanduser()
-        if text.lower() in _DATASET_NAMES and not path.exists():
+        if is_dataset_name(text) and not path.exists():
             self.key = f"file:{text.lower()}"
             users, items, times, weights = _load_dataset(text)
         else:
