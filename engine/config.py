@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DECAY_UNITS",
     "GRAPHS",
     "HISTORY_MODES",
     "MODEL_NAMES",
@@ -51,6 +52,8 @@ GRAPHS = ("interactions", "categories", "both")
 NEW_ITEM_POLICIES = ("passthrough", "paper", "young")
 #: Where SEvo-AdamW applies ψ online (see :attr:`OnlineConfig.sevo_smooth`).
 SEVO_SMOOTH_TARGETS = ("update", "gradient")
+#: The clock of the live graph's edge decay (see :attr:`OnlineConfig.decay_unit`).
+DECAY_UNITS = ("seconds", "events")
 #: What online prequential ranking excludes (see :attr:`OnlineConfig.exclude_history`).
 HISTORY_MODES = ("all", "window")
 
@@ -133,7 +136,13 @@ class OnlineConfig:
         maxlen: input length ``T`` of the sequential models; ``T + 1`` recent items are kept per
             user. Also a sequential model's ``maxlen`` unless ``model_overrides`` sets it.
         hops: graph window ``H`` (edge weight ``1/h`` to the ``h``-th previous item).
-        half_life: seconds after which an edge's weight halves; ``None`` = no decay.
+        half_life: how long after which an edge's weight halves, in ``decay_unit``s;
+            ``None`` = no decay.
+        decay_unit: the clock edges are stamped with and ``half_life`` counts. ``"seconds"``
+            (default): event time, unix seconds. ``"events"``: the trainer's running count of
+            learned events (the ``j``-th event it learns is stamped ``j``, restored with its
+            state), so one half-life suits data sets whose time spans differ by years and an
+            edge halves after ``half_life`` more events whatever their timestamps.
         lr, weight_decay, betas: AdamW settings. ``lr`` and ``steps_per_batch`` default to
             what ``sevo replay`` / ``sevo run`` and the README's prequential tables use: of the
             settings tried on ML-100K, the pair with the best prequential HR@10.
@@ -151,10 +160,11 @@ class OnlineConfig:
             True (the paper's) keeps a row that is not in the micro-batch moving with its last
             bias-corrected moments; False lets them decay as AdamW does. Only for
             ``sevo_smooth="update"``.
-        sevo_smooth: where ψ acts (``SEvoAdamW(smooth=...)``): ``"update"`` smooths AdamW's
-            final direction of every row (the paper's); ``"gradient"`` smooths the
-            micro-batch's gradient and steps only the rows it reaches (the sampled rows and
-            their neighbours up to ``sevo_steps`` hops), with lazy moments.
+        sevo_smooth: where ψ acts (``SEvoAdamW(smooth=...)``): ``"gradient"`` (default) smooths
+            the micro-batch's gradient and steps only the rows it reaches (the sampled rows and
+            their neighbours up to ``sevo_steps`` hops), with lazy moments; ``"update"`` smooths
+            AdamW's final direction of every row (the paper's). The README's prequential table
+            compares them.
         seed: seeds the model initialisation and the training generator.
         model_overrides: fields of the model's config (e.g. ``{"dim": 32}``).
         max_users_state: most users whose recent sequence (and history) is kept; the least
@@ -170,6 +180,7 @@ class OnlineConfig:
     maxlen: int = 50
     hops: int = 1
     half_life: float | None = None
+    decay_unit: str = "seconds"
     lr: float = 3e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
@@ -179,7 +190,7 @@ class OnlineConfig:
     new_item_policy: str = "passthrough"
     young_item_events: int = 10
     carry_unsampled: bool = True
-    sevo_smooth: str = "update"
+    sevo_smooth: str = "gradient"
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     max_users_state: int = 1_000_000
@@ -199,6 +210,8 @@ class OnlineConfig:
             raise ValueError(
                 f"sevo_smooth must be one of {SEVO_SMOOTH_TARGETS}, got {self.sevo_smooth!r}"
             )
+        if self.decay_unit not in DECAY_UNITS:
+            raise ValueError(f"decay_unit must be one of {DECAY_UNITS}, got {self.decay_unit!r}")
         if self.exclude_history not in HISTORY_MODES:
             raise ValueError(
                 f"exclude_history must be one of {HISTORY_MODES}, got {self.exclude_history!r}"

@@ -52,7 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
 def model_kwargs(config: OfflineConfig) -> dict[str, Any]:
     """The model's config overrides for a run: ``model_overrides``, and for a sequential
     model the run's ``maxlen`` (its inputs are that long) unless the overrides set it."""
@@ -60,6 +59,7 @@ def model_kwargs(config: OfflineConfig) -> dict[str, Any]:
     if model_class(config.model).sequential:
         kwargs.setdefault("maxlen", config.maxlen)
     return kwargs
+
 
 @dataclass
 class RunResult:

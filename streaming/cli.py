@@ -341,7 +341,11 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         "With --checkpoint-dir it resumes from the newest valid checkpoint and never applies "
         "an event twice.",
     )
-    p.add_argument("source", help="ml-100k, beauty, a .jsonl file of the wire format, or a path")
+    p.add_argument(
+        "source",
+        help="ml-100k, beauty, synthetic-drift:RATE[:SEED[:EVENTS]] (a generated stream whose "
+        "co-occurrence drifts), a .jsonl file of the wire format, or a path",
+    )
     _add_online_args(p)
     from streaming.config import PipelineConfig
 
@@ -420,6 +424,7 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
     """The online trainer settings shared by ``sevo replay`` and ``sevo run``; defaults and
     choices come from :class:`engine.config.OnlineConfig` (which imports no torch)."""
     from engine.config import (
+        DECAY_UNITS,
         NEW_ITEM_POLICIES,
         ONLINE_MODELS,
         OPTIMIZERS,
@@ -434,7 +439,14 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
         "--half-life",
         type=float,
         default=d.half_life,
-        help="edge half-life in seconds (None: no decay)",
+        help="edge half-life in --decay-unit units (None: no decay)",
+    )
+    p.add_argument(
+        "--decay-unit",
+        choices=DECAY_UNITS,
+        default=d.decay_unit,
+        help="the clock of --half-life: event time in seconds, or the count of learned events "
+        "(one half-life then suits data sets of any time span)",
     )
     p.add_argument("--maxlen", type=int, default=d.maxlen, help="recent items per user")
     p.add_argument("--hops", type=int, default=d.hops, help="graph window H (edge weight 1/h)")
@@ -466,9 +478,9 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
         "--sevo-smooth",
         choices=SEVO_SMOOTH_TARGETS,
         default=d.sevo_smooth,
-        help="where SEvo's ψ acts: on AdamW's update of every item row (update, the paper's) "
-        "or on the batch's gradient, stepping only the rows it reaches with lazy moments "
-        "(gradient)",
+        help="where SEvo's ψ acts: on the batch's gradient, stepping only the rows it reaches "
+        "with lazy moments (gradient), or on AdamW's update of every item row (update, the "
+        "paper's)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
@@ -488,6 +500,7 @@ def _online_config(args: argparse.Namespace):
         maxlen=args.maxlen,
         hops=args.hops,
         half_life=args.half_life,
+        decay_unit=args.decay_unit,
         lr=args.lr,
         weight_decay=args.weight_decay,
         sevo_beta=args.beta,

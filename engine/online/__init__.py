@@ -8,7 +8,8 @@ keeps everything the engine needs in one object:
   users get rows ``0, 1, ...``), and a model, optimizer state and item graph that grow with them;
 * the live :class:`~graph_store.ItemGraph`: on event ``(u, i)`` an edge of weight ``w/h`` joins
   ``i`` and the ``h``-th previous item of ``u`` (``h = 1..hops``; ``w`` is the event weight),
-  stamped with the event time so ``half_life`` decay applies;
+  stamped with the event time (or, with ``decay_unit="events"``, the running count of learned
+  events) so ``half_life`` decay applies;
 * a bounded recent sequence per user (the last ``maxlen + 1`` items), evicting the least recently
   seen users beyond ``max_users_state``;
 * optionally every user's full history (for the prequential protocol's "exclude what the user

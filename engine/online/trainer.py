@@ -142,7 +142,8 @@ class OnlineTrainer:
             ``"sevo-adamw"``).
         graph: the live :class:`~graph_store.ItemGraph` over item rows (row 0 = padding).
         generator: the ``torch.Generator`` of every training step (negatives, dropout).
-        events_applied: events learned so far.
+        events_applied: events learned so far (with ``decay_unit="events"`` also the clock of
+            the graph's edge decay).
     """
 
     def __init__(self, config: OnlineConfig | None = None) -> None:
@@ -234,6 +235,9 @@ class OnlineTrainer:
             weights: ``(B,)`` non-negative event weights scaling the event's graph edges
                 (default 1). They do not weight the training loss.
 
+        With ``decay_unit="events"`` the edges are stamped with the running event count instead
+        of ``times`` (see :class:`~engine.config.OnlineConfig`).
+
         Returns:
             ``{"events", "new_items", "new_users", "trained_users", "loss",
             "seconds": {"ids", "graph", "state", "train"}}``; ``loss`` is the mean over the
@@ -265,11 +269,13 @@ class OnlineTrainer:
         stats["new_items"], stats["new_users"] = new_items, new_users
         t1 = time.perf_counter()
 
-        # (2) graph edges to each event's previous H items (this batch's earlier ones included).
+        # (2) graph edges to each event's previous H items (this batch's earlier ones included),
+        # stamped with the decay clock: event time, or the running count of learned events.
         uniq_users = np.unique(user_rows)
         slots = self._users.slots_for(uniq_users)
         lay = build_layout(user_rows, item_rows, self._users.slot_windows(slots))
-        self.graph.add_edges(*batch_edges(lay, item_rows, weights_a, times_a, self.config.hops))
+        stamps = self._decay_stamps(times_a)
+        self.graph.add_edges(*batch_edges(lay, item_rows, weights_a, stamps, self.config.hops))
         t2 = time.perf_counter()
 
         # (3) user state: the last W items of each user's block become its window.
@@ -287,6 +293,14 @@ class OnlineTrainer:
         self.events_applied += B
         stats["seconds"] = {"ids": t1 - t0, "graph": t2 - t1, "state": t3 - t2, "train": t4 - t3}
         return stats
+
+    def _decay_stamps(self, times: np.ndarray) -> np.ndarray:
+        """The decay clock of a batch's events: their times (``decay_unit="seconds"``) or, with
+        ``"events"``, ``events_applied + 1 .. events_applied + B`` (the running count of learned
+        events, which the state dict keeps, so a restored trainer continues the clock)."""
+        if self.config.decay_unit == "events":
+            return float(self.events_applied) + np.arange(1, times.shape[0] + 1, dtype=np.float64)
+        return times
 
     def _grow(self) -> None:
         """Grow the model's tables, the graph and the per-row arrays to the id maps' sizes."""

@@ -53,6 +53,7 @@ def _batches(n: int, size: int):
         ({"maxlen": 0}, "maxlen must be a positive integer"),
         ({"hops": 3, "maxlen": 2}, "hops"),
         ({"half_life": 0.0}, "half_life"),
+        ({"decay_unit": "days"}, "decay_unit"),
         ({"lr": -1.0}, "lr"),
         ({"betas": (0.9, 1.0)}, "betas"),
         ({"sevo_beta": 1.0}, "sevo_beta"),
@@ -140,6 +141,54 @@ def test_event_weights_and_decay_reach_the_graph():
     assert A[1, 2] == pytest.approx(2 * 0.5 + 1.0)
 
 
+def test_event_clock_halves_an_edge_after_half_life_more_events_whatever_the_times():
+    cfg = _config(half_life=4.0, decay_unit="events")
+    trainer = OnlineTrainer(cfg)
+    # Event 1 (u: a) and 2 (u: b) make edge a-b of weight 1 stamped 2, a year apart in time.
+    trainer.learn_many(["u", "u"], ["a", "b"], [0.0, 3.15e7])
+    assert trainer.graph.to_scipy()[1, 2] == pytest.approx(1.0)
+    # Four more events (6 in all) on other items, one second apart: a-b has halved once.
+    trainer.learn_many(["v"] * 4, ["c", "d", "e", "f"], 3.15e7 + np.arange(1.0, 5.0))
+    assert trainer.graph.to_scipy()[1, 2] == pytest.approx(0.5)
+    # Timestamps do not matter: the same events with other times give the same graph.
+    other = OnlineTrainer(cfg)
+    other.learn_many(["u", "u"], ["a", "b"], [5.0, 5.0])
+    other.learn_many(["v"] * 4, ["c", "d", "e", "f"], [9e9, 9e9, 9e9, 9e9])
+    np.testing.assert_array_equal(
+        other.graph.to_scipy().toarray(), trainer.graph.to_scipy().toarray()
+    )
+    # With the seconds clock, four events a year later would have wiped the edge out instead.
+    seconds = OnlineTrainer(_config(half_life=4.0))
+    seconds.learn_many(["u", "u"], ["a", "b"], [0.0, 3.15e7])
+    seconds.learn_many(["v"] * 4, ["c", "d", "e", "f"], 6.3e7 + np.arange(1.0, 5.0))
+    assert seconds.graph.to_scipy()[1, 2] < 1e-12
+    assert other.graph.to_scipy()[1, 2] == pytest.approx(0.5)
+
+
+def test_event_clock_continues_after_a_state_round_trip_and_old_states_load():
+    cfg = _config(half_life=2.0, decay_unit="events")
+    trainer = OnlineTrainer(cfg)
+    trainer.learn_many(["u", "u", "u"], ["a", "b", "c"], [1.0, 2.0, 3.0])
+    buffer = io.BytesIO()
+    torch.save(trainer.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = OnlineTrainer.from_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.config.decay_unit == "events" and resumed.events_applied == 3
+    # Events 4 and 5: b-c (stamped 3) has aged two events since, so it halved once.
+    for t in (trainer, resumed):
+        t.learn_many(["w", "w"], ["x", "y"], [0.0, 0.0])
+    for t in (trainer, resumed):
+        assert t.graph.to_scipy()[2, 3] == pytest.approx(0.5)
+        assert t.graph.t_latest == 5.0
+    np.testing.assert_array_equal(
+        trainer.graph.to_scipy().toarray(), resumed.graph.to_scipy().toarray()
+    )
+    # A state written before decay_unit existed (no such config key) loads with seconds.
+    state = OnlineTrainer(_config(half_life=10.0)).state_dict()
+    del state["config"]["decay_unit"]
+    assert OnlineTrainer.from_state_dict(state).config.decay_unit == "seconds"
+
+
 def test_bad_input_raises_and_changes_nothing():
     trainer = OnlineTrainer(_config())
     trainer.learn_many(["u"], ["a"], [1.0])
@@ -216,6 +265,7 @@ def test_rank_excludes_the_users_history_but_never_the_target():
     "kw",
     [
         {"model": "sasrec", "half_life": 5e4},
+        {"model": "sasrec", "half_life": 150.0, "decay_unit": "events"},
         {"model": "gru4rec", "optimizer": "adamw", "exclude_history": "window"},
         {"model": "mf", "new_item_policy": "paper", "hops": 2, "max_users_state": 20},
         {"model": "sasrec", "hops": 2, "merge_every": 330, "new_item_policy": "young"},

@@ -66,6 +66,19 @@ def test_online_cli_defaults_are_the_config_defaults(command):
     assert choices["new_item_policy"] == NEW_ITEM_POLICIES
 
 
+def test_decay_unit_option_reaches_the_config():
+    from engine.config import DECAY_UNITS
+    from streaming.cli import _online_config
+
+    args = _parsed("replay", "ml-100k", "--half-life", "5000", "--decay-unit", "events")
+    cfg = _online_config(args)
+    assert (cfg.half_life, cfg.decay_unit) == (5000.0, "events")
+    sub = _parsed("replay", "ml-100k")
+    assert sub.decay_unit == "seconds" and DECAY_UNITS == ("seconds", "events")
+    with pytest.raises(SystemExit):
+        _parsed("replay", "ml-100k", "--decay-unit", "days")
+
+
 def test_offline_cli_defaults_are_the_config_defaults():
     from engine.config import GRAPHS, MODEL_NAMES, OfflineConfig
 

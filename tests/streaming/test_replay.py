@@ -236,13 +236,25 @@ def test_replay_pipeline_writes_dead_letters_to_a_sink(tmp_path):
 
 
 def test_replay_cli_unsampled_rows_option_reaches_the_optimizer(capsys):
-    carried = _replay(capsys, "ml-100k", "--max-events", "1500", *ARGS)
-    decayed = _replay(capsys, "ml-100k", "--max-events", "1500", "--unsampled-rows", "decay", *ARGS)
+    paper = ("--sevo-smooth", "update")  # the correction belongs to the paper's update smoothing
+    carried = _replay(capsys, "ml-100k", "--max-events", "1500", *paper, *ARGS)
+    decayed = _replay(
+        capsys, "ml-100k", "--max-events", "1500", "--unsampled-rows", "decay", *paper, *ARGS
+    )
     assert carried["config"]["carry_unsampled"] is True
     assert decayed["config"]["carry_unsampled"] is False
     # same data and seed: the only difference is how unsampled item rows move
     assert carried["prequential"]["events"] == decayed["prequential"]["events"] == 1500
     assert carried["prequential"] != decayed["prequential"]
+
+
+def test_replay_cli_sevo_smooth_option_reaches_the_optimizer(capsys):
+    default = _replay(capsys, "ml-100k", "--max-events", "1500", *ARGS)
+    paper = _replay(capsys, "ml-100k", "--max-events", "1500", "--sevo-smooth", "update", *ARGS)
+    assert default["config"]["sevo_smooth"] == "gradient"
+    assert paper["config"]["sevo_smooth"] == "update"
+    assert default["prequential"]["events"] == paper["prequential"]["events"] == 1500
+    assert default["prequential"] != paper["prequential"]
 
 
 def test_a_replay_of_only_dead_letters_warns_and_exits_non_zero(tmp_path, capsys, caplog):
