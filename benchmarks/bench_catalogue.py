@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 for arm in arms:
                     run = _subprocess(n, model, arm, args.events, profile=False)
                     runs.setdefault(f"{n}/{model}/{arm}", []).append(run)
-                    print(f"{n} items {model} {arm}: {run['events_per_s']:.0f} events/s", flush=True)
+                    print(
+                        f"{n} items {model} {arm}: {run['events_per_s']:.0f} events/s", flush=True
+                    )
     for n in args.items:
         for model in args.models:
             for arm in args.arms:

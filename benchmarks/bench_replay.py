@@ -11,7 +11,7 @@ the ratio to AdamW, and the share of time spent training (from the replay's own 
 
 Usage::
 
-    python benchmarks/bench_replay.py [--quick] [--data ml-100k beauty] [--repeats 3] [--threads 1 2]
+    python benchmarks/bench_replay.py [--quick] [--data ml-100k beauty] [--threads 1 2]
 
 Targets (issue 4, 2 cores): MF >= 30k events/s, SASRec >= 5k events/s. torch's OpenMP workers
 busy-wait between operations; on a machine shared with other CPU-bound jobs ``--threads 2`` can
@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                     row["ratio_vs_adamw"] = row["events_per_s"] / base
                     rows.append(row)
                     target = row["target_events_per_s"]
-                    met = "" if target is None else (" met" if row["events_per_s"] >= target else " no")
+                    met = (
+                        ""
+                        if target is None
+                        else (" met" if row["events_per_s"] >= target else " no")
+                    )
                     lines.append(
                         f"| {data} | {model} | {threads} | {arm} | {row['events_per_s']:,.0f} | "
                         f"{row['ratio_vs_adamw']:.2f} | {row['train_share']:.0%} | "
