@@ -80,6 +80,13 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         help="seconds a user vector lives (default 7 days)",
     )
     g.add_argument(
+        "--seen-per-user",
+        type=int,
+        default=1000,
+        help="distinct items a user has interacted with, published with its vector for "
+        "`sevo recommend` to leave out (newest first; default 1000; 0: only the recent window)",
+    )
+    g.add_argument(
         "--delta-tolerance",
         type=float,
         default=1e-3,
@@ -101,6 +108,7 @@ def publisher_from_args(args: argparse.Namespace, metrics: Any = None):
         keep_versions=args.keep_versions,
         grace_s=args.grace,
         user_ttl_s=args.user_ttl,
+        seen_per_user=args.seen_per_user,
         delta_tolerance=args.delta_tolerance,
     )
     return EmbeddingPublisher(config, metrics=metrics)
@@ -138,7 +146,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         log.error("nothing is published in namespace %r", args.namespace)
         return 1
     recs = client.recommend(
-        args.user, args.k, exclude=args.exclude or (), exclude_recent=not args.include_recent
+        args.user, args.k, exclude=args.exclude or (), exclude_seen=not args.include_seen
     )
     found = bool(recs) or client.user_state(args.user) is not None
     if args.json:
@@ -176,7 +184,12 @@ def add_recommend(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="how many items")
     p.add_argument("--exclude", nargs="*", help="item ids never to return")
     p.add_argument(
-        "--include-recent", action="store_true", help="do not exclude the user's recent items"
+        "--include-seen",
+        "--include-recent",
+        dest="include_seen",
+        action="store_true",
+        help="also recommend items the user has interacted with (re-consumption domains); "
+        "by default they are left out",
     )
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per Redis command")
     p.add_argument("--json", action="store_true")

@@ -23,7 +23,7 @@ from engine.online.ids import IdMaps, as_str_array
 from engine.online.layout import BatchLayout, build_layout
 from engine.online.users import UserState
 
-__all__ = ["item_matrix", "rank_before_learning", "recent_items", "user_vectors"]
+__all__ = ["item_matrix", "rank_before_learning", "recent_items", "seen_items", "user_vectors"]
 
 
 @contextmanager
@@ -250,3 +250,26 @@ def recent_items(
     windows = users_state.stored_windows(rows)
     item_ids = ids.item_ids
     return [[item_ids[r] for r in window[window > 0].tolist()] for window in windows]
+
+
+def seen_items(
+    ids: IdMaps, users_state: UserState, users: Sequence[str] | np.ndarray, cap: int
+) -> list[list[str]]:
+    """Each user's distinct interacted item ids, most recent first, at most ``cap``.
+
+    From the full history when the trainer keeps one (``exclude_history="all"``), else from the
+    recent window; ``[]`` for unknown users and users whose state was evicted.
+    """
+    rows = ids.user_rows_of(as_str_array("users", users))
+    windows = users_state.stored_windows(rows)
+    histories = users_state.histories_of(rows) if users_state.keep_histories else None
+    item_ids = ids.item_ids
+    out = []
+    for b, window in enumerate(windows):
+        seq = histories[b] if histories is not None and histories[b].size else window
+        newest_first = seq[::-1]
+        newest_first = newest_first[newest_first > 0]
+        _, first = np.unique(newest_first, return_index=True)
+        keep = newest_first[np.sort(first)[:cap]]
+        out.append([item_ids[r] for r in keep.tolist()])
+    return out

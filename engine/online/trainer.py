@@ -401,6 +401,15 @@ class OnlineTrainer:
         client can exclude what the user has just seen."""
         return ranking.recent_items(self._ids, self._users, users)
 
+    def seen_items(self, users: Sequence[str] | np.ndarray, cap: int = 1000) -> list[list[str]]:
+        """Each user's distinct interacted items, most recent first, at most ``cap`` (from the
+        full history with ``exclude_history="all"``, else the recent window); ``[]`` for
+        unknown or evicted users. Served with the user vector so a client can leave out what
+        the user has already consumed."""
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ValueError(f"cap must be an integer >= 0, got {cap!r}")
+        return ranking.seen_items(self._ids, self._users, users, cap)
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: tensors and plain Python values only.

@@ -291,8 +291,10 @@ class EmbeddingClient:
         return out
 
     def user_state(self, user_id: str) -> dict[str, Any] | None:
-        """``{"vector", "recent_items", "updated", "version"}`` of a user, or None when the
-        user is unknown, expired, or its vector does not fit the served dimension."""
+        """``{"vector", "recent_items", "seen_items", "updated", "version"}`` of a user, or None
+        when the user is unknown, expired, or its vector does not fit the served dimension.
+        ``seen_items``: the distinct items the engine knew the user had interacted with, newest
+        first (capped by the publisher's ``seen_per_user``)."""
         fields = self.redis.hgetall(self.keys.user(str(user_id)))
         if not fields or b"v" not in fields:
             return None
@@ -303,6 +305,7 @@ class EmbeddingClient:
         return {
             "vector": vector.copy(),
             "recent_items": [str(i) for i in load_json(fields.get(b"items"), "items") or []],
+            "seen_items": [str(i) for i in load_json(fields.get(b"seen"), "seen") or []],
             "updated": float(fields.get(b"t", b"nan")),
             "version": int(fields.get(b"version", b"0")),
         }
@@ -318,13 +321,14 @@ class EmbeddingClient:
         k: int = 10,
         *,
         exclude: Sequence[str] = (),
-        exclude_recent: bool = True,
+        exclude_seen: bool = True,
     ) -> list[Recommendation]:
         """Top-``k`` items by dot product with the user's vector, best first.
 
         Args:
             exclude: item ids never to return.
-            exclude_recent: also exclude the user's recent items (published with its vector).
+            exclude_seen: also exclude what the user has interacted with: its recent items and
+                the seen items published with its vector. False for re-consumption domains.
 
         Returns:
             ``[]`` for an unknown or expired user (or an empty snapshot).
@@ -339,7 +343,9 @@ class EmbeddingClient:
             # einsum stays on this thread: a multithreaded BLAS gemv competes with Redis and
             # the caller for the cores, which made the p99 7x worse on a busy 2-core machine.
             scores = np.einsum("ij,j->i", matrix[:n], state["vector"])
-        banned = list(exclude) + (state["recent_items"] if exclude_recent else [])
+        banned = list(exclude)
+        if exclude_seen:
+            banned += state["recent_items"] + state["seen_items"]
         banned_rows = [rows_of[i] for i in banned if i in rows_of]
         if banned_rows:
             scores[banned_rows] = -np.inf

@@ -17,7 +17,7 @@ share one slot and can be written in one pipeline)::
     {ns:vV}:chunk:i         rows [i*chunk_rows, (i+1)*chunk_rows) as '<f4' bytes
     {ns:vV}:delta:s         hash {meta (JSON), rows ('<i4' row indices), vectors ('<f4')}
     {ns:vV}:head            the pointer JSON of V's newest delta (what a rollback restores)
-    ns:user:U               hash {v ('<f4'), items (JSON recent item ids), t, version}, TTL
+    ns:user:U               hash {v ('<f4'), items, seen (JSON item ids), t, version}, TTL
 
 Nothing read from Redis is unpickled or evaluated: metadata is JSON (:func:`load_json`), rows
 are ``np.frombuffer`` of :data:`ROW_DTYPE` bytes. Auth and TLS come with the URL

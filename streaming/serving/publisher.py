@@ -44,6 +44,9 @@ class PublishConfig:
         timeout_s: bound of each Redis command (connect, read, write).
         max_users_per_publish: user vectors encoded per hand-over at most (bounds the run
             loop's work in :meth:`EmbeddingPublisher.observe`); the others follow with the next.
+        seen_per_user: distinct items each user has interacted with (most recent first)
+            published with its vector, at most; ``EmbeddingClient.recommend`` leaves them out.
+            0 publishes none (only the recent window is then excluded).
         close_timeout_s: how long the final publish at shutdown may take.
         backoff: delay between attempts while Redis is unavailable.
     """
@@ -61,6 +64,7 @@ class PublishConfig:
     timeout_s: float = 1.0
     close_timeout_s: float = 10.0
     max_users_per_publish: int = 5000
+    seen_per_user: int = 1000
     backoff: Backoff = field(default_factory=lambda: ExponentialBackoff(0.2, 2.0, 5.0, jitter=0.2))
 
     def __post_init__(self) -> None:
@@ -73,6 +77,12 @@ class PublishConfig:
             raise ValueError(
                 f"max_users_per_publish must be >= 1, got {self.max_users_per_publish!r}"
             )
+        if (
+            isinstance(self.seen_per_user, bool)
+            or not isinstance(self.seen_per_user, int)
+            or self.seen_per_user < 0
+        ):
+            raise ValueError(f"seen_per_user must be an integer >= 0, got {self.seen_per_user!r}")
         for name in ("publish_every_s", "full_every_s", "timeout_s", "close_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -85,7 +95,7 @@ class _Request:
 
     item_ids: list[str]
     matrix: np.ndarray
-    users: dict[str, tuple[np.ndarray, list[str]]]
+    users: dict[str, tuple[np.ndarray, list[str], list[str]]]  # vector, recent, seen
     watermark: float | None
     offsets: dict[str, int]
     model: str
@@ -191,11 +201,12 @@ class EmbeddingPublisher:
         self._touched.difference_update(touched)
         self._dirty = bool(self._touched)
         ids, matrix = trainer.item_matrix()
-        users_out: dict[str, tuple[np.ndarray, list[str]]] = {}
+        users_out: dict[str, tuple[np.ndarray, list[str], list[str]]] = {}
         if touched:
             vecs = trainer.user_vectors(touched)
             recent = trainer.recent_items(touched)
-            users_out = {u: (vecs[i], recent[i]) for i, u in enumerate(touched)}
+            seen = trainer.seen_items(touched, self.config.seen_per_user)
+            users_out = {u: (vecs[i], recent[i], seen[i]) for i, u in enumerate(touched)}
         request = _Request(
             ids,
             matrix,
@@ -324,7 +335,8 @@ class EmbeddingPublisher:
             if user_ids:
                 vecs = np.stack([request.users[u][0] for u in user_ids])
                 recent = [request.users[u][1] for u in user_ids]
-                n_users = writer.publish_users(user_ids, vecs, recent)
+                seen = [request.users[u][2] for u in user_ids]
+                n_users = writer.publish_users(user_ids, vecs, recent, seen)
             result = replace(result, users=n_users)
         except (redis.RedisError, OSError, SnapshotError) as exc:
             self._failures += 1

@@ -407,18 +407,21 @@ class SnapshotWriter(SnapshotStore):
         user_ids: Sequence[str],
         vectors: np.ndarray,
         recent_items: Sequence[Sequence[str]] | None = None,
+        seen_items: Sequence[Sequence[str]] | None = None,
     ) -> int:
-        """Write user vectors (and each user's recent item ids) with the TTL; returns how
-        many were written. Users with all-zero vectors (no state) are skipped."""
+        """Write user vectors (with each user's recent item ids, oldest first, and the distinct
+        items it has interacted with, newest first) with the TTL; returns how many were
+        written. Users with all-zero vectors (no state) are skipped."""
         vecs = as_rows(vectors)
         if len(user_ids) != vecs.shape[0]:
             raise ValueError(f"{len(user_ids)} user ids for {vecs.shape[0]} vectors")
         recent = recent_items if recent_items is not None else [[]] * len(user_ids)
+        seen = seen_items if seen_items is not None else [[]] * len(user_ids)
         ttl_ms = int(self.user_ttl_s * 1000)
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         written = 0
-        for uid, vec, items in zip(user_ids, vecs, recent):
+        for uid, vec, items, consumed in zip(user_ids, vecs, recent, seen):
             if not vec.any():
                 continue
             key = self.keys.user(str(uid))
@@ -427,6 +430,7 @@ class SnapshotWriter(SnapshotStore):
                 mapping={
                     "v": vec.tobytes(),
                     "items": dump_json([str(i) for i in items]),
+                    "seen": dump_json([str(i) for i in consumed]),
                     "t": repr(now),
                     "version": str(self.version or 0),
                 },

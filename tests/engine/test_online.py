@@ -219,6 +219,23 @@ def test_least_recently_seen_users_are_evicted_beyond_the_bound():
     assert trainer.num_users == 3 and "new" not in trainer.item_ids()  # nothing changed
 
 
+@pytest.mark.parametrize("exclude_history", ["all", "window"])
+def test_seen_items_are_distinct_newest_first_and_capped(exclude_history):
+    trainer = OnlineTrainer(_config(maxlen=2, exclude_history=exclude_history))
+    trainer.learn_many(["u"] * 6, ["a", "b", "a", "c", "d", "e"], [1, 2, 3, 4, 5, 6])
+    trainer.learn_many(["v"], ["a"], [7])
+    seen = trainer.seen_items(["u", "v", "nobody"])
+    if exclude_history == "all":  # the full history, beyond the window of maxlen + 1 = 3
+        assert seen[0] == ["e", "d", "c", "a", "b"]
+    else:
+        assert seen[0] == ["e", "d", "c"]
+    assert seen[1:] == [["a"], []]
+    assert trainer.seen_items(["u"], cap=2) == [["e", "d"]]
+    assert trainer.seen_items(["u"], cap=0) == [[]]
+    with pytest.raises(ValueError, match="cap"):
+        trainer.seen_items(["u"], cap=-1)
+
+
 # ---------------------------------------------------------------------- prequential ranking
 def test_rank_before_learning_is_pure_and_counts_new_items_as_misses():
     users, items, times = _stream(300, 10, 30, seed=2)

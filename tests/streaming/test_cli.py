@@ -66,6 +66,22 @@ def test_online_cli_defaults_are_the_config_defaults(command):
     assert choices["new_item_policy"] == NEW_ITEM_POLICIES
 
 
+def test_publish_cli_defaults_are_the_publish_config_defaults():
+    import dataclasses
+
+    from streaming.serving import PublishConfig
+
+    args = _parsed("replay", "ml-100k", "--redis-url", "redis://h:1/0")
+    defaults = {f.name: f.default for f in dataclasses.fields(PublishConfig)}
+    assert args.seen_per_user == defaults["seen_per_user"]
+    assert (
+        args.user_ttl == defaults["user_ttl_s"]
+        and args.publish_every == defaults["publish_every_s"]
+    )
+    assert args.full_every == defaults["full_every_s"]
+    assert args.delta_tolerance == defaults["delta_tolerance"]
+
+
 def test_decay_unit_option_reaches_the_config():
     from engine.config import DECAY_UNITS
     from streaming.cli import _online_config

@@ -172,7 +172,10 @@ def test_users_recommend_and_unknowns(r, redis_server, unique_name):
     writer = SnapshotWriter(r, ns, user_ttl_s=100)
     writer.publish_full(ids, m)
     written = writer.publish_users(
-        ["u1", "u0"], np.array([[1, 1, 1, 1], [0, 0, 0, 0]], np.float32), [["a"], []]
+        ["u1", "u0"],
+        np.array([[1, 1, 1, 1], [0, 0, 0, 0]], np.float32),
+        [["a"], []],
+        [["a", "d"], []],
     )
     assert written == 1  # a zero vector (no state) is not served
     assert 0 < r.pttl(writer.keys.user("u1")) <= 100_000
@@ -180,11 +183,18 @@ def test_users_recommend_and_unknowns(r, redis_server, unique_name):
     client = EmbeddingClient(redis_server, namespace=ns)
     state = client.user_state("u1")
     np.testing.assert_array_equal(state["vector"], [1, 1, 1, 1])
-    assert state["recent_items"] == ["a"]
+    assert state["recent_items"] == ["a"] and state["seen_items"] == ["a", "d"]
     recs = client.recommend("u1", k=2)
     assert [x.item_id for x in recs] == ["b", "c"]  # "a" is recent: excluded
-    assert [x.item_id for x in client.recommend("u1", k=2, exclude_recent=False)] == ["a", "b"]
-    assert [x.item_id for x in client.recommend("u1", k=9, exclude=["c"])] == ["b", "d"]
+    assert [x.item_id for x in client.recommend("u1", k=2, exclude_seen=False)] == ["a", "b"]
+    # "d" was seen earlier (not in the recent window): excluded too
+    assert [x.item_id for x in client.recommend("u1", k=9, exclude=["c"])] == ["b"]
+    assert [x.item_id for x in client.recommend("u1", k=9, exclude_seen=False)] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
     assert client.recommend("u0") == [] and client.recommend("nobody") == []
     assert client.user_vector("nobody") is None
 

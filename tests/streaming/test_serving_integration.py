@@ -251,7 +251,8 @@ def test_replay_cli_publishes_and_recommend_reads(redis_server, unique_name, tmp
         )
         + "\n"
     )
-    args = ["replay", str(log), "--model", "mf", "--dim", "8", "--no-progress"]
+    # maxlen 5: each user's ~50 events reach far beyond its recent window of 6 items
+    args = ["replay", str(log), "--model", "mf", "--dim", "8", "--maxlen", "5", "--no-progress"]
     args += ["--redis-url", redis_server, "--namespace", ns, "--publish-every", "0.05"]
     assert main(args) == 0
     capsys.readouterr()
@@ -266,8 +267,15 @@ def test_replay_cli_publishes_and_recommend_reads(redis_server, unique_name, tmp
                  "--user", str(users[-1]), "-k", "3", "--json"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
     assert out["known"] and len(out["items"]) == 3
-    recent = client.user_state(str(users[-1]))["recent_items"]
-    assert not {x["item"] for x in out["items"]} & set(recent)
+    state = client.user_state(str(users[-1]))
+    seen = set(state["seen_items"])
+    history = set(items[users == users[-1]].tolist())
+    assert seen == history and len(seen) > len(state["recent_items"])
+    assert not {x["item"] for x in out["items"]} & seen  # all seen items left out
+    assert main(["recommend", "--redis-url", redis_server, "--namespace", ns, "--user",
+                 str(users[-1]), "-k", "80", "--include-seen", "--json"]) == 0  # fmt: skip
+    everything = json.loads(capsys.readouterr().out)["items"]
+    assert seen <= {x["item"] for x in everything}
     assert main(["recommend", "--redis-url", redis_server, "--namespace", ns,
                  "--user", "no-such-user"]) == 1  # fmt: skip
     assert "no served vector" in capsys.readouterr().out
