@@ -60,9 +60,9 @@ def _replay(job: dict) -> dict:
     from streaming.sources.log import LogSource
 
     torch.set_num_threads(1)
-    extra = {} if job["half_life"] is None else {"half_life": float(job["half_life"])}
+    half_life = None if job["half_life"] is None else float(job["half_life"])
     config = OnlineConfig(
-        seed=job["seed"], decay_unit="events", sevo_smooth=job["sevo_smooth"], **extra
+        seed=job["seed"], half_life=half_life, decay_unit="events", sevo_smooth=job["sevo_smooth"]
     )
     source = LogSource(job["data"], batch_size=BATCH)
     pipeline_config = PipelineConfig.for_replay(

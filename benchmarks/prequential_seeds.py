@@ -136,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 2e-3, 5e-3, 1e-2, 2e-2])
     p.add_argument("--tune-fraction", type=float, default=0.2)
     p.add_argument("--model", default="sasrec", choices=("sasrec", "gru4rec", "mf"))
-    p.add_argument("--half-life", type=float, default=None, help="edge half-life (--decay-unit)")
-    p.add_argument("--decay-unit", choices=("seconds", "events"), default="seconds")
+    p.add_argument(
+        "--half-life",
+        default="none",
+        help="edge half-life in --decay-unit units, or 'none' (no decay, the table's protocol)",
+    )
+    p.add_argument("--decay-unit", choices=("seconds", "events"), default="events")
     p.add_argument("--quick", action="store_true", help="ml-100k's first 20k events, 2 seeds")
     p.add_argument("--jobs", type=int, default=1, help="replays in parallel (one thread each)")
     p.add_argument("--out", type=Path, default=None)
@@ -148,9 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "prequential-seeds-quick" if args.quick else "prequential-seeds"
     )
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    extra = {} if args.half_life is None else {"half_life": args.half_life}
-    if args.decay_unit != "seconds":
-        extra["decay_unit"] = args.decay_unit
+    args.half_life = None if args.half_life.lower() == "none" else float(args.half_life)
+    extra = {"half_life": args.half_life, "decay_unit": args.decay_unit}
 
     rows, table = {}, {}
     for data in args.data:

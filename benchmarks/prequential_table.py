@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model,
                 optimizer=optimizer,
                 half_life=half_life,
+                decay_unit="seconds",
                 sevo_beta=args.sevo_beta,
                 lr=args.lr,
                 steps_per_batch=args.steps_per_batch,

@@ -420,6 +420,19 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- sevo produce / run
+def _half_life(text: str) -> float | None:
+    """``--half-life``: a positive number, or ``none`` for no edge decay."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}")
+    return value
+
+
 def _add_online_args(p: argparse.ArgumentParser) -> None:
     """The online trainer settings shared by ``sevo replay`` and ``sevo run``; defaults and
     choices come from :class:`engine.config.OnlineConfig` (which imports no torch)."""
@@ -437,9 +450,9 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument(
         "--half-life",
-        type=float,
+        type=_half_life,
         default=d.half_life,
-        help="edge half-life in --decay-unit units (None: no decay)",
+        help="edge half-life in --decay-unit units ('none': no decay)",
     )
     p.add_argument(
         "--decay-unit",

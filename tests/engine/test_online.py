@@ -24,7 +24,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**kw) -> OnlineConfig:
-    base = {"maxlen": 6, "model_overrides": dict(SMALL), "seed": 0, **OLD_TRAINING}
+    base = {
+        "maxlen": 6,
+        "model_overrides": dict(SMALL),
+        "seed": 0,
+        "half_life": None,
+        **OLD_TRAINING,
+    }
     if kw.get("model") == "sasrec" or "model" not in kw:
         base["model_overrides"]["num_blocks"] = 1
     base.update(kw)
@@ -134,7 +140,7 @@ def test_batch_edges_join_each_event_to_its_users_previous_items():
 
 
 def test_event_weights_and_decay_reach_the_graph():
-    trainer = OnlineTrainer(_config(half_life=10.0))
+    trainer = OnlineTrainer(_config(half_life=10.0, decay_unit="seconds"))
     trainer.learn_many(["u", "u", "v", "v"], ["a", "b", "a", "b"], [0, 0, 10, 10], [1, 2, 1, 1])
     A = trainer.graph.to_scipy()
     # Edge a-b: weight 2 at t=0 (halved once by t=10) + weight 1 at t=10.
@@ -158,7 +164,7 @@ def test_event_clock_halves_an_edge_after_half_life_more_events_whatever_the_tim
         other.graph.to_scipy().toarray(), trainer.graph.to_scipy().toarray()
     )
     # With the seconds clock, four events a year later would have wiped the edge out instead.
-    seconds = OnlineTrainer(_config(half_life=4.0))
+    seconds = OnlineTrainer(_config(half_life=4.0, decay_unit="seconds"))
     seconds.learn_many(["u", "u"], ["a", "b"], [0.0, 3.15e7])
     seconds.learn_many(["v"] * 4, ["c", "d", "e", "f"], 6.3e7 + np.arange(1.0, 5.0))
     assert seconds.graph.to_scipy()[1, 2] < 1e-12
@@ -183,10 +189,12 @@ def test_event_clock_continues_after_a_state_round_trip_and_old_states_load():
     np.testing.assert_array_equal(
         trainer.graph.to_scipy().toarray(), resumed.graph.to_scipy().toarray()
     )
-    # A state written before decay_unit existed (no such config key) loads with seconds.
-    state = OnlineTrainer(_config(half_life=10.0)).state_dict()
-    del state["config"]["decay_unit"]
-    assert OnlineTrainer.from_state_dict(state).config.decay_unit == "seconds"
+    # A state written before decay_unit / sevo_smooth existed (no such config keys) loads with
+    # what it was trained with (seconds, the paper's update smoothing), not today's defaults.
+    state = OnlineTrainer(_config(half_life=10.0, decay_unit="seconds")).state_dict()
+    del state["config"]["decay_unit"], state["config"]["sevo_smooth"]
+    old = OnlineTrainer.from_state_dict(state).config
+    assert (old.decay_unit, old.sevo_smooth) == ("seconds", "update")
 
 
 def test_bad_input_raises_and_changes_nothing():

@@ -90,9 +90,13 @@ def test_decay_unit_option_reaches_the_config():
     cfg = _online_config(args)
     assert (cfg.half_life, cfg.decay_unit) == (5000.0, "events")
     sub = _parsed("replay", "ml-100k")
-    assert sub.decay_unit == "seconds" and DECAY_UNITS == ("seconds", "events")
+    assert sub.decay_unit == "events" and DECAY_UNITS == ("seconds", "events")
     with pytest.raises(SystemExit):
         _parsed("replay", "ml-100k", "--decay-unit", "days")
+    assert _online_config(_parsed("replay", "ml-100k", "--half-life", "none")).half_life is None
+    for bad in ("0", "-5", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            _parsed("replay", "ml-100k", "--half-life", bad)
 
 
 def test_offline_cli_defaults_are_the_config_defaults():
