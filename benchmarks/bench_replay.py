@@ -13,7 +13,7 @@ Usage::
 
     python benchmarks/bench_replay.py [--quick] [--data ml-100k beauty] [--threads 1 2]
 
-Targets (issue 4, 2 cores): MF >= 30k events/s, SASRec >= 5k events/s. torch's OpenMP workers
+Reference targets (2 cores): MF >= 30k events/s, SASRec >= 5k events/s. torch's OpenMP workers
 busy-wait between operations; on a machine shared with other CPU-bound jobs ``--threads 2`` can
 then be many times slower than one thread (``OMP_WAIT_POLICY=PASSIVE`` avoids that).
 """
