@@ -258,18 +258,34 @@ def seen_items(
     """Each user's distinct interacted item ids, most recent first, at most ``cap``.
 
     From the full history when the trainer keeps one (``exclude_history="all"``), else from the
-    recent window; ``[]`` for unknown users and users whose state was evicted.
+    recent window; ``[]`` for unknown users and users whose state was evicted. Runs on the
+    loop's thread at every publish, for up to a publish's worth of users: one vectorised pass
+    over all their items (no per-user ``np.unique``).
     """
     rows = ids.user_rows_of(as_str_array("users", users))
     windows = users_state.stored_windows(rows)
-    histories = users_state.histories_of(rows) if users_state.keep_histories else None
-    item_ids = ids.item_ids
-    out = []
-    for b, window in enumerate(windows):
-        seq = histories[b] if histories is not None and histories[b].size else window
-        newest_first = seq[::-1]
-        newest_first = newest_first[newest_first > 0]
-        _, first = np.unique(newest_first, return_index=True)
-        keep = newest_first[np.sort(first)[:cap]]
-        out.append([item_ids[r] for r in keep.tolist()])
-    return out
+    if users_state.keep_histories:
+        histories = users_state.histories_of(rows)
+        seqs = [h if h.size else w for h, w in zip(histories, windows)]
+    else:
+        seqs = list(windows)
+    lengths = np.fromiter((q.size for q in seqs), dtype=np.int64, count=len(seqs))
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+    owner = np.repeat(np.arange(len(seqs)), lengths)
+    # Newest first within each user: reverse the whole array, then order users back ascending.
+    flat, owner = flat[::-1], owner[::-1]
+    order = np.argsort(owner, kind="stable")
+    flat, owner = flat[order], owner[order]
+    keep = flat > 0
+    flat, owner = flat[keep], owner[keep]
+    # First (newest) occurrence of each (user, item) pair, in that order.
+    _, first = np.unique(owner * (len(ids.item_ids) + 1) + flat, return_index=True)
+    first.sort()
+    flat, owner = flat[first], owner[first]
+    # At most ``cap`` per user: rank within the user's run.
+    starts = np.searchsorted(owner, np.arange(len(seqs)))
+    ranked = np.arange(owner.size) - starts[owner] < cap
+    flat, owner = flat[ranked], owner[ranked]
+    item_ids = np.asarray(ids.item_ids, dtype=object)[flat]
+    bounds = np.searchsorted(owner, np.arange(1, len(seqs)))
+    return [part.tolist() for part in np.split(item_ids, bounds)] if seqs else []
