@@ -726,7 +726,7 @@ def _symmetric_top_k(A: sp.csr_matrix, k: int) -> sp.csr_matrix:
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size) - np.repeat(A.indptr[:-1], counts)
     keep = rank < k
-    kept = sp.csr_matrix((A.data * keep, A.indices, A.indptr), shape=A.shape)
+    kept = sp.csr_matrix((A.data * keep, A.indices.copy(), A.indptr.copy()), shape=A.shape)
     kept.eliminate_zeros()
     kept = kept.maximum(kept.T).tocsr()
     return kept
