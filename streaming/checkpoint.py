@@ -41,8 +41,9 @@ from typing import Any
 import torch
 
 from sevo_common.atomic import atomic_write_bytes
+from streaming.errors import CheckpointWriteError
 
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "describe_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,24 @@ class CheckpointStore:
             raise ValueError(f"keep must be a positive integer, got {keep!r}")
         self.directory = Path(directory)
         self.keep = keep
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointWriteError(self.directory, _os_reason(exc)) from exc
+
+    def check_writable(self) -> None:
+        """Write, fsync and remove a small probe file: fail before any work is done when the
+        directory cannot hold a checkpoint (read-only mount, no space, no permission).
+
+        Raises:
+            CheckpointWriteError: with the operating system's reason.
+        """
+        probe = self.directory / ".ckpt-probe"
+        try:
+            atomic_write_bytes(probe, b"probe")
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointWriteError(self.directory, _os_reason(exc)) from exc
 
     # ------------------------------------------------------------------ listing
     def versions(self) -> list[int]:
@@ -109,6 +127,9 @@ class CheckpointStore:
         Raises:
             ValueError: if ``offsets`` or ``meta`` is not JSON-serialisable, or an offset is not
                 a non-negative integer.
+            CheckpointWriteError: the directory did not take the write (full, read-only); no
+                file of the new version is left behind and the newest valid version is
+                unchanged.
         """
         clean_offsets = {}
         for key, value in offsets.items():
@@ -144,8 +165,15 @@ class CheckpointStore:
             "meta": meta_json,
         }
         self._remove_temp_files()
-        atomic_write_bytes(pt_path, payload)
-        atomic_write_bytes(json_path, json.dumps(sidecar, indent=1).encode("utf-8"))
+        try:
+            atomic_write_bytes(pt_path, payload)
+            atomic_write_bytes(json_path, json.dumps(sidecar, indent=1).encode("utf-8"))
+        except OSError as exc:
+            # A payload without its sidecar is no checkpoint: remove it to give the space back
+            # (atomic_write_bytes already removed its own temporary file).
+            with contextlib.suppress(OSError):
+                pt_path.unlink()
+            raise CheckpointWriteError(self.directory, _os_reason(exc)) from exc
         self._prune()
         log.debug("checkpoint %d written (%d bytes)", version, len(payload))
         return pt_path
@@ -220,3 +248,43 @@ class CheckpointStore:
         """Version of the newest valid checkpoint (loads and verifies it), or ``None``."""
         ckpt = self.latest_checkpoint()
         return None if ckpt is None else ckpt.version
+
+
+def _os_reason(exc: OSError) -> str:
+    """``"No space left on device"`` (the OS's words), else the exception's text."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def describe_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
+    """What a checkpoint of the online pipeline holds, as plain JSON values (``sevo inspect``,
+    ``sevo report``): version and path, counters, catalogue and graph size, offsets, the
+    trainer config and, with prequential evaluation, HR@K / NDCG@K over all events ranked."""
+    from graph_store import ItemGraph
+
+    state, meta = ckpt.state, ckpt.meta
+    graph = ItemGraph.from_state_arrays({k: v.numpy() for k, v in state["graph"].items()})
+    info = {
+        "checkpoint_version": ckpt.version,
+        "checkpoint_path": str(ckpt.path),
+        "events_applied": int(state["events_applied"]),
+        "dead_letters": int(meta.get("dead_letters_total", 0)),
+        "dead_letters_by_reason": meta.get("dead_letters", {}),
+        "num_users": len(state["user_ids"]),
+        "num_items": len(state["item_ids"]) - 1,
+        "graph_nnz": int(graph.to_scipy(raw=True).nnz),
+        # Sum of all entries of the true A (decayed to the latest event time): each undirected
+        # edge counts twice; with hops=1, unit weights and no decay, 2 x adjacent item pairs.
+        "graph_total_weight": float(graph.total_weight()),
+        "graph_half_life": graph.half_life,
+        "graph_t_latest": graph.t_latest,
+        "offsets": ckpt.offsets,
+        "config": state["config"],
+    }
+    preq = meta.get("prequential")
+    if preq and preq.get("count"):
+        info["prequential"] = {
+            "events": preq["count"],
+            f"HR@{preq['k']}": preq["hits"] / preq["count"],
+            f"NDCG@{preq['k']}": preq["ndcg"] / preq["count"],
+        }
+    return info

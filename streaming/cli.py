@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from streaming.errors import StreamingError
+from streaming.report import add_report
 from streaming.serving_cli import (
     add_publish_args,
     add_recommend,
@@ -218,6 +220,16 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- sevo replay / inspect
+def _add_max_unsaved(p: argparse.ArgumentParser, d: Any) -> None:
+    p.add_argument(
+        "--max-unsaved",
+        type=int,
+        default=d.max_unsaved_records,
+        help="while checkpoints fail (directory full or read-only) keep training, retrying "
+        "with backoff, until this many records are unsaved; then stop with an error",
+    )
+
+
 def _install_stop_signals(stop: threading.Event) -> dict[int, Any]:
     """SIGTERM/SIGINT set ``stop`` (the pipeline finishes its batch, checkpoints and exits
     0); a second signal aborts at once. Returns the previous handlers (main thread only)."""
@@ -275,6 +287,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     config = PipelineConfig.for_replay(
         max_batch=args.batch_size,
         checkpoint_every_events=args.checkpoint_every,
+        max_unsaved_records=args.max_unsaved,
         prequential=args.prequential,
         prequential_window=args.window,
         progress=not args.no_progress,
@@ -355,6 +368,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         "--checkpoint-every", type=int, default=d.checkpoint_every_events, help="records"
     )
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    _add_max_unsaved(p, d)
     p.add_argument("--prequential", action="store_true", help="rank each event before learning")
     p.add_argument(
         "--window", type=int, default=d.prequential_window, help="events per prequential window"
@@ -370,40 +384,14 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from graph_store import ItemGraph
-    from streaming.checkpoint import CheckpointStore
+    from streaming.checkpoint import CheckpointStore, describe_checkpoint
 
     if not args.checkpoint_dir.is_dir():
         raise FileNotFoundError(f"no checkpoint directory {args.checkpoint_dir}")
     ckpt = CheckpointStore(args.checkpoint_dir).latest_checkpoint()
     if ckpt is None:
         raise FileNotFoundError(f"no valid checkpoint in {args.checkpoint_dir}")
-    state, meta = ckpt.state, ckpt.meta
-    graph = ItemGraph.from_state_arrays({k: v.numpy() for k, v in state["graph"].items()})
-    info = {
-        "checkpoint_version": ckpt.version,
-        "checkpoint_path": str(ckpt.path),
-        "events_applied": int(state["events_applied"]),
-        "dead_letters": int(meta.get("dead_letters_total", 0)),
-        "dead_letters_by_reason": meta.get("dead_letters", {}),
-        "num_users": len(state["user_ids"]),
-        "num_items": len(state["item_ids"]) - 1,
-        "graph_nnz": int(graph.to_scipy(raw=True).nnz),
-        # Sum of all entries of the true A (decayed to the latest event time): each undirected
-        # edge counts twice; with hops=1, unit weights and no decay, 2 x adjacent item pairs.
-        "graph_total_weight": float(graph.total_weight()),
-        "graph_half_life": graph.half_life,
-        "graph_t_latest": graph.t_latest,
-        "offsets": ckpt.offsets,
-        "config": state["config"],
-    }
-    preq = meta.get("prequential")
-    if preq and preq.get("count"):
-        info["prequential"] = {
-            "events": preq["count"],
-            f"HR@{preq['k']}": preq["hits"] / preq["count"],
-            f"NDCG@{preq['k']}": preq["ndcg"] / preq["count"],
-        }
+    info = describe_checkpoint(ckpt)
     if args.json:
         print(json.dumps(info, indent=1))
     else:
@@ -537,7 +525,6 @@ def _quiet_kafka_client(args: argparse.Namespace) -> None:
 def _cmd_produce(args: argparse.Namespace) -> int:
     import time
 
-    from streaming.errors import StreamingError
     from streaming.events import Event
     from streaming.kafka_client import ensure_topic, produce_events
     from streaming.sources.log import LogSource
@@ -617,12 +604,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         group=args.group,
         client_id=args.client_id,
         max_poll_records=args.max_batch,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(1, min(3000, session_ms // 3)),
         connect_timeout_s=args.connect_timeout,
     )
     config = PipelineConfig(
         checkpoint_every_events=args.checkpoint_every,
+        max_unsaved_records=args.max_unsaved,
         checkpoint_every_s=args.checkpoint_interval,
         max_batch=args.max_batch,
         batch_timeout_ms=args.batch_timeout_ms,
@@ -700,6 +689,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "partition that moves here resumes where its previous owner's state ends",
     )
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    _add_max_unsaved(p, d)
     _add_online_args(p)
     dead = p.add_mutually_exclusive_group()
     dead.add_argument("--dead-letter-topic", default=None, help="Kafka topic for bad records")
@@ -755,6 +745,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=k.connect_timeout_s,
         help="seconds to retry a down broker",
     )
+    p.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=k.fetch_max_wait_ms,
+        help="how long the broker may hold a fetch waiting for data (raise it for brokers "
+        "whose storage answers slowly, e.g. object storage)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_publish_args(p)
     p.set_defaults(func=_cmd_run)
@@ -767,6 +764,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_offline,
     _add_replay,
     _add_inspect,
+    add_report,
     _add_produce,
     _add_run,
     add_recommend,
@@ -828,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no trace
         log.error("%s", exc)
         return 2
+    except StreamingError as exc:  # e.g. a checkpoint directory that takes no writes
+        log.error("%s", exc)
+        return 1
 
 
 if __name__ == "__main__":

@@ -59,6 +59,25 @@ class ServiceUnavailableError(StreamingError):
         )
 
 
+class CheckpointWriteError(StreamingError):
+    """The checkpoint directory did not take a write (full, read-only, gone).
+
+    Retriable: space can be freed or the mount fixed while the engine keeps the state in
+    memory (the pipeline retries with backoff up to ``max_unsaved_records``).
+
+    Attributes:
+        directory: the checkpoint directory.
+        reason: the operating system's words, e.g. ``"No space left on device"``.
+    """
+
+    retriable = True
+
+    def __init__(self, directory: object, reason: str) -> None:
+        self.directory = directory
+        self.reason = reason
+        super().__init__(f"checkpoint directory {directory} does not take writes: {reason}")
+
+
 class DeliveryError(StreamingError):
     """Records could not be written to a broker (retriable: the data is still in hand)."""
 

@@ -11,6 +11,8 @@ metric                              meaning
 ``sevo_records_consumed_total``     records read from the source (events + dead letters)
 ``sevo_dead_letters_total{reason}`` invalid records, by reason code
 ``sevo_consumer_lag{partition}``    records behind the log end, per owned partition
+``sevo_broker_up``                  1 while the Kafka broker is reachable, 0 during an outage
+                                    (NaN: no broker, e.g. ``sevo replay``)
 ``sevo_batch_seconds``              processing time of one micro-batch (parse, dead letters,
                                     learn; not the wait for records)
 ``sevo_step_seconds``               time of one ``learn_many`` call (graph + state + training)
@@ -19,6 +21,8 @@ metric                              meaning
 ``sevo_checkpoints_total``          checkpoints written
 ``sevo_checkpoint_seconds``         time to write one checkpoint
 ``sevo_checkpoint_age_seconds``     seconds since the newest durable checkpoint (NaN: none yet)
+``sevo_checkpoint_failures_total``  checkpoint writes that failed (directory full or read-only)
+``sevo_unsaved_records``            records applied since the newest durable checkpoint
 ``sevo_rebalances_total``           partition revocations handled (flush + checkpoint)
 ``sevo_graph_nodes``                rows of the item graph (items + padding)
 ``sevo_graph_nnz``                  stored entries of the item graph (both directions)
@@ -32,6 +36,11 @@ outcome}``                          ok|error|paused
 ``sevo_served_version``             version (and ``sevo_served_delta_seq``: delta sequence)
                                     of the snapshot this engine published last
 ``sevo_publish_age_seconds``        seconds since the last successful publish (NaN: none)
+``sevo_quality_guard_paused``       1 while the quality guard holds publishing paused
+``sevo_quality_live_ndcg10``        the quality guard's NDCG@10 of the newest window of events
+                                    (``sevo_quality_reference_ndcg10``: its reference; NaN:
+                                    none yet)
+``sevo_quality_rollbacks_total``    rollbacks of the served snapshot by the quality guard
 =================================== =========================================================
 
 Counters count this process only (Prometheus handles restarts); the trainer's lifetime totals
@@ -160,6 +169,16 @@ class EngineMetrics:
         self.published_rows = Counter(
             "published_rows", "Item rows written to Redis", ["kind"], **kw
         )
+        self.checkpoint_failures = Counter(
+            "checkpoint_failures", "Checkpoint writes that failed (full or read-only)", **kw
+        )
+        self.unsaved_records = Gauge(
+            "unsaved_records", "Records applied since the newest durable checkpoint", **kw
+        )
+        self.broker_up = Gauge(
+            "broker_up", "1 while the Kafka broker is reachable, 0 during an outage", **kw
+        )
+        self.broker_up.set(math.nan)
         self.redis_up = Gauge("redis_up", "1 after a successful publish, 0 after a failure", **kw)
         self.served_version = Gauge("served_version", "Version this engine published last", **kw)
         self.served_delta_seq = Gauge(
@@ -169,6 +188,20 @@ class EngineMetrics:
             "publish_age_seconds", "Seconds since the last successful publish", **kw
         )
         self.publish_age_seconds.set_function(self._publish_age)
+        self.quality_guard_paused = Gauge(
+            "quality_guard_paused", "1 while the quality guard holds publishing paused", **kw
+        )
+        self.quality_live = Gauge(
+            "quality_live_ndcg10", "Quality guard: NDCG@10 of the newest window of events", **kw
+        )
+        self.quality_reference = Gauge(
+            "quality_reference_ndcg10", "Quality guard: the reference NDCG@10", **kw
+        )
+        self.quality_live.set(math.nan)
+        self.quality_reference.set(math.nan)
+        self.quality_rollbacks = Counter(
+            "quality_rollbacks", "Rollbacks of the served snapshot by the quality guard", **kw
+        )
         self._last_publish: float | None = None
         self._redis_down: bool | None = None  # None: never published
         self._last_checkpoint: float | None = None
@@ -254,6 +287,27 @@ class EngineMetrics:
         with self._lock:
             last = self._last_publish
         return math.nan if last is None else max(0.0, self._clock() - last)
+
+    def record_quality(
+        self, *, live: float | None, reference: float | None, paused: bool, rollback: bool = False
+    ) -> None:
+        """The quality guard's view (:mod:`streaming.serving.guard`): the newest window's
+        NDCG@10, the reference (None: none yet), whether it holds publishing paused, and
+        whether it just rolled the served snapshot back."""
+        self.quality_live.set(math.nan if live is None else live)
+        self.quality_reference.set(math.nan if reference is None else reference)
+        self.quality_guard_paused.set(1 if paused else 0)
+        if rollback:
+            self.quality_rollbacks.inc()
+
+    def record_checkpoint_failure(self) -> None:
+        self.checkpoint_failures.inc()
+
+    def set_unsaved(self, records: int) -> None:
+        self.unsaved_records.set(records)
+
+    def set_broker_up(self, up: bool) -> None:
+        self.broker_up.set(1 if up else 0)
 
     def record_rebalance(self) -> None:
         self.rebalances.inc()

@@ -61,10 +61,13 @@ from engine.prequential import Prequential
 from sevo_common.memory import release_free_memory
 from streaming.checkpoint import Checkpoint, CheckpointStore
 from streaming.config import PipelineConfig
+from streaming.errors import CheckpointWriteError
 from streaming.events import DeadLetterSink, EventBatch
 from streaming.metrics import EngineMetrics
+from streaming.retry import ExponentialBackoff
 from streaming.serving import EmbeddingPublisher
 from streaming.sources import EventSource
+from streaming.timeseries import MetricsSeries
 
 __all__ = ["BatchReport", "Pipeline", "PipelineConfig", "check_checkpoint_config"]
 
@@ -75,6 +78,8 @@ log = logging.getLogger(__name__)
 
 _FIRST_JOIN_GRACE_S = 30.0
 _GRAPH_EVERY_S = 5.0
+#: Delay before retrying a checkpoint the directory refused: 1 s, doubling up to a minute.
+_CHECKPOINT_RETRY = ExponentialBackoff(1.0, 2.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,11 @@ class Pipeline:
         self.dead_letters = dead_letters
         self.metrics = metrics if metrics is not None else EngineMetrics()
         self.publisher = publisher
+        if getattr(publisher, "guard", None) is not None and not self.config.prequential:
+            log.warning(
+                "the quality guard judges the prequential NDCG@10 and prequential evaluation "
+                "is off: the guard never trips (run with prequential on)"
+            )
         self.peers = list(peers)
         self.on_batch = on_batch
         self.clock = clock
@@ -157,6 +167,8 @@ class Pipeline:
         self.durable: dict[str, int] = {}  # positions of this worker's newest checkpoint
         self.has_checkpoint = False
         self.since_checkpoint = 0  # records since the newest checkpoint
+        self.checkpoint_failures = 0  # failed checkpoint attempts in a row
+        self._checkpoint_retry_at = -math.inf
         self.last_checkpoint_t = clock()
         self.last_checkpoint: dict[str, Any] | None = None
         self.seconds: Counter[str] = Counter()
@@ -173,6 +185,8 @@ class Pipeline:
         self.watermark: float | None = None
         self._warned_all_dead = False
         self._last_lag_t = self._last_graph_t = -math.inf
+        # the run's metrics time series (metrics.jsonl next to the checkpoints)
+        self.timeseries = MetricsSeries(store.directory) if store is not None else None
 
     # ------------------------------------------------------------------ checkpoints
     def _own_positions(self, offsets: Mapping[str, int], where: Any) -> dict[str, int]:
@@ -276,13 +290,60 @@ class Pipeline:
         self.checkpoints += 1
         self.metrics.record_checkpoint(seconds, at=created)
         self.metrics.set_graph(self.trainer.graph.num_nodes, summary["graph_nnz"])
+        if self.timeseries is not None:
+            self.timeseries.record(self, "checkpoint")
         log.debug("checkpoint (%s) at %s in %.3f s", why, offsets, seconds)
         return offsets
 
     def checkpoint_and_commit(self, *, why: str) -> None:
+        """Checkpoint, then commit the positions. A periodic checkpoint that the directory
+        refuses (full, read-only) is retried with backoff while training goes on, up to
+        ``max_unsaved_records``; a final one, or one past that bound, raises."""
         assert self.source is not None
-        offsets = self.checkpoint(why=why)
+        try:
+            offsets = self.checkpoint(why=why)
+        except CheckpointWriteError as exc:
+            self._checkpoint_failed(exc, final=why != "periodic")
+            return
+        if self.checkpoint_failures:
+            log.info(
+                "checkpoint written again after %d failed attempt(s)", self.checkpoint_failures
+            )
+            self.checkpoint_failures = 0
+        self.metrics.set_unsaved(0)
         self.source.commit(offsets)  # offsets leave only once the checkpoint is durable
+
+    def _checkpoint_failed(self, exc: CheckpointWriteError, *, final: bool) -> None:
+        self.checkpoint_failures += 1
+        self.metrics.record_checkpoint_failure()
+        unsaved, limit = self.since_checkpoint, self.config.max_unsaved_records
+        if final or unsaved >= limit:
+            where = self.durable if self.has_checkpoint else "the beginning (no checkpoint yet)"
+            raise CheckpointWriteError(
+                exc.directory,
+                f"{exc.reason}; stopping with {unsaved} record(s) not saved"
+                f"{'' if final else f' (limit {limit})'}: nothing was committed past the last "
+                f"durable checkpoint, so a restart resumes from {where}",
+            ) from exc
+        delay = _CHECKPOINT_RETRY.compute(self.checkpoint_failures)
+        self._checkpoint_retry_at = self.clock() + delay
+        if self.checkpoint_failures == 1:
+            log.error(
+                "%s: training goes on with offsets held at the last durable checkpoint; "
+                "retrying with backoff, stopping once %d records are unsaved",
+                exc,
+                limit,
+            )
+        else:
+            log.warning(
+                "checkpoint attempt %d failed (%s): %d of at most %d records unsaved, next "
+                "attempt in %.0f s",
+                self.checkpoint_failures,
+                exc.reason,
+                unsaved,
+                limit,
+                delay,
+            )
 
     def dirty(self) -> bool:
         """Whether the state differs from the newest checkpoint (always False without a store)."""
@@ -357,8 +418,15 @@ class Pipeline:
         if n:
             if self.evaluator is not None:
                 te = time.perf_counter()
+                ranked_at, before = time.time(), (self.evaluator.count, self.evaluator.ndcg)
                 self.evaluator.rank_and_update(trainer, batch.users, batch.items)
                 self.seconds["eval"] += time.perf_counter() - te
+                if self.publisher is not None:  # the quality guard judges the batch's NDCG@10
+                    self.publisher.observe_quality(
+                        self.evaluator.count - before[0],
+                        self.evaluator.ndcg - before[1],
+                        at=ranked_at,
+                    )
                 self.metrics.set_prequential(
                     self.evaluator.hits, self.evaluator.ndcg, self.evaluator.count
                 )
@@ -376,6 +444,7 @@ class Pipeline:
         self.records += batch.records
         self.events += n
         self.since_checkpoint += batch.records
+        self.metrics.set_unsaved(self.since_checkpoint)
         self.batches += 1
         if self.batches % _TRIM_EVERY_BATCHES == 0:
             release_free_memory()  # keep the resident set from creeping (see sevo_common.memory)
@@ -435,9 +504,13 @@ class Pipeline:
         stopped_by = "stop"
         try:
             resumed = self.restore()
+            if self.store is not None:
+                self.store.check_writable()  # a read-only or full directory fails here, early
             source.attach(self)
             source.seek(self.resume_positions())
             start_positions = self.reflected()
+            if self.timeseries is not None:
+                self.timeseries.begin(self)
             if self.publisher is not None and self.trainer.num_items:
                 self.publisher.observe(self.trainer, offsets=start_positions, force=True)
             if self.config.progress:
@@ -458,6 +531,8 @@ class Pipeline:
             if bar is not None:
                 bar.close()
             final_offsets = self.reflected()
+            if self.timeseries is not None:
+                self.timeseries.end(self)
             source.close()
             if self.publisher is not None:
                 self.publisher.close(self.trainer, watermark=self.watermark, offsets=final_offsets)
@@ -516,13 +591,27 @@ class Pipeline:
                     self.publisher.observe(
                         self.trainer, watermark=self.watermark, offsets=self.reflected()
                     )
+                if live and not self._broker_up(source):
+                    last_record_t = now  # waiting for a lost broker is not an idle topic
                 if self._idle_too_long(now, max(last_record_t, self.assigned_at or t_start), live):
                     return "idle"
             if self._checkpoint_due(now):
                 self.checkpoint_and_commit(why="periodic")
+            if self.timeseries is not None:
+                self.timeseries.maybe_record(self)
             if live:
                 self._monitor(source, now)
         return "stop"
+
+    def _broker_up(self, source: EventSource) -> bool:
+        """The source's view of its broker (probed at most once per probe interval); True for
+        sources without one."""
+        probe = getattr(source, "broker_up", None)
+        if probe is None:
+            return True
+        up = probe()
+        self.metrics.set_broker_up(up)
+        return up
 
     def _idle_too_long(self, now: float, since: float, live: bool) -> bool:
         allowed = self.config.idle_exit_s
@@ -536,6 +625,11 @@ class Pipeline:
         cfg = self.config
         if self.store is None:
             return False
+        if self.checkpoint_failures:
+            # Retry with backoff, and once more (the last chance) at the unsaved-work bound.
+            return (
+                now >= self._checkpoint_retry_at or self.since_checkpoint >= cfg.max_unsaved_records
+            )
         if self.since_checkpoint >= cfg.checkpoint_every_events:
             return True
         return (
@@ -545,7 +639,9 @@ class Pipeline:
         )
 
     def _monitor(self, source: EventSource, now: float) -> None:
-        """Lag, graph size (O(nnz): not per batch) and the periodic status line."""
+        """Broker health, lag, graph size (O(nnz): not per batch) and the periodic status
+        line."""
+        self._broker_up(source)
         if now - self._last_lag_t >= self.config.lag_every_s:
             self.metrics.set_lag(source.lag())
             self._last_lag_t = now

@@ -16,7 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_publish_args", "add_recommend", "add_snapshots", "publisher_from_args"]
+__all__ = [
+    "add_publish_args",
+    "add_recommend",
+    "add_snapshots",
+    "publisher_from_args",
+    "quality_guard_from_args",
+]
 
 log = logging.getLogger("streaming.cli")
 
@@ -92,11 +98,61 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
         default=1e-3,
         help="relative change below which a row is not republished (default 1e-3; 0: every change)",
     )
+    from streaming.config import QualityGuardConfig
+
+    q = QualityGuardConfig(drop=0.5)  # only its defaults are read
+    g = p.add_argument_group(
+        "quality guard (needs --prequential and --redis-url)",
+        "Judges the prequential NDCG@10 of consecutive windows of events against a reference "
+        "(a moving average of healthy windows). When it falls more than the given fraction "
+        "below it for --quality-guard-patience windows, publishing pauses and readers are "
+        "pointed back at the newest snapshot published before the fall began; training goes "
+        "on. `sevo snapshots resume` publishes again and restarts the reference.",
+    )
+    g.add_argument(
+        "--quality-guard-drop",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="relative fall of the windowed NDCG@10 below the reference that pauses publishing "
+        "and rolls serving back, in (0, 1); unset: no guard",
+    )
+    g.add_argument(
+        "--quality-guard-window",
+        type=int,
+        default=q.window_events,
+        metavar="EVENTS",
+        help="events per judged window",
+    )
+    g.add_argument(
+        "--quality-guard-patience",
+        type=int,
+        default=q.patience,
+        metavar="N",
+        help="bad windows that trip the guard (and good ones that count as a recovery)",
+    )
+    g.add_argument(
+        "--quality-guard-auto-resume",
+        action="store_true",
+        help="resume publishing by itself once the metric has recovered, instead of waiting "
+        "for `sevo snapshots resume`",
+    )
 
 
 def publisher_from_args(args: argparse.Namespace, metrics: Any = None):
-    """An :class:`~streaming.serving.EmbeddingPublisher`, or None without ``--redis-url``."""
+    """An :class:`~streaming.serving.EmbeddingPublisher`, or None without ``--redis-url``.
+
+    Raises:
+        ValueError: ``--quality-guard-drop`` without ``--prequential`` (the guard judges the
+            prequential metric) or without ``--redis-url`` (it guards publishing).
+    """
+    guard = quality_guard_from_args(args)
     if not args.redis_url:
+        if guard is not None:
+            raise ValueError(
+                "--quality-guard-drop guards publishing to Redis: add --redis-url "
+                "(or set $SEVO_REDIS_URL)"
+            )
         return None
     from streaming.serving import EmbeddingPublisher, PublishConfig
 
@@ -110,8 +166,30 @@ def publisher_from_args(args: argparse.Namespace, metrics: Any = None):
         user_ttl_s=args.user_ttl,
         seen_per_user=args.seen_per_user,
         delta_tolerance=args.delta_tolerance,
+        quality_guard=guard,
     )
     return EmbeddingPublisher(config, metrics=metrics)
+
+
+def quality_guard_from_args(args: argparse.Namespace):
+    """The :class:`~streaming.config.QualityGuardConfig` of ``--quality-guard-*``, or None
+    without ``--quality-guard-drop``."""
+    drop = getattr(args, "quality_guard_drop", None)
+    if drop is None:
+        return None
+    if not getattr(args, "prequential", False):
+        raise ValueError(
+            "--quality-guard-drop judges the prequential NDCG@10: add --prequential "
+            "(without it there is nothing to judge)"
+        )
+    from streaming.config import QualityGuardConfig
+
+    return QualityGuardConfig(
+        drop=drop,
+        window_events=args.quality_guard_window,
+        patience=args.quality_guard_patience,
+        auto_resume=args.quality_guard_auto_resume,
+    )
 
 
 def _one_line_errors(command: Callable[[argparse.Namespace], int]):
@@ -206,6 +284,7 @@ def _fmt_time(t: float | None) -> str:
 @_one_line_errors
 def _cmd_snapshots(args: argparse.Namespace) -> int:
     from streaming.serving import SnapshotStore, connect
+    from streaming.serving.guard import GUARD
 
     store = SnapshotStore(connect(args.redis_url, timeout_s=args.timeout), args.namespace)
     action = args.snapshots_command
@@ -219,10 +298,18 @@ def _cmd_snapshots(args: argparse.Namespace) -> int:
             print(f"no versions in namespace {args.namespace!r}")
         for v in versions:
             expiry = "" if v["expires_in_s"] is None else f"  expires in {v['expires_in_s']:.0f} s"
+            ndcg = (v.get("quality") or {}).get("ndcg10")
+            quality = "" if ndcg is None else f"  NDCG@10 {ndcg:.4f}"
             print(
                 f"{'*' if v['current'] else ' '} v{v['version']:<6} {_fmt_time(v['created'])}"
                 f"  {v['rows']:>8} rows x {v['dim']:<4} {v['model'] or '-':<8}"
-                f" deltas {v['seq']}{expiry}"
+                f" deltas {v['seq']}{quality}{expiry}"
+            )
+        pointer = store.pointer()
+        if pointer and "rolled_back_at" in pointer:
+            print(
+                f"serving version {pointer['version']} at delta {pointer['seq']} "
+                f"(rolled back {_fmt_time(pointer['rolled_back_at'])})"
             )
         if paused:
             print(f"publishing paused since {_fmt_time(paused['since'])}: {paused['reason']}")
@@ -263,9 +350,14 @@ def _cmd_snapshots(args: argparse.Namespace) -> int:
         print(f"requested a full snapshot in namespace {args.namespace!r} (next publish)")
         return 0
     if action == "resume":
+        marker = store.paused() or {}
         was = store.resume()
+        by_guard = marker.get("by") == GUARD
         print(
-            f"publishing to namespace {args.namespace!r} resumed"
+            (
+                f"publishing to namespace {args.namespace!r} resumed"
+                + (" (paused by the quality guard; it restarts its reference)" if by_guard else "")
+            )
             if was
             else f"namespace {args.namespace!r} was not paused"
         )
@@ -305,7 +397,11 @@ def add_snapshots(sub: argparse._SubParsersAction) -> None:
     q = ssub.add_parser("pause", help="stop engines publishing into this namespace")
     common(q)
     q.add_argument("--reason", default="", help="shown by `sevo snapshots list`")
-    q = ssub.add_parser("resume", help="let engines publish again (next publish is full)")
+    q = ssub.add_parser(
+        "resume",
+        help="let engines publish again (next publish is full; the quality guard restarts "
+        "its reference)",
+    )
     common(q)
     q = ssub.add_parser(
         "publish-full", help="ask the publishing engine for a full snapshot at its next publish"

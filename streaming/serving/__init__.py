@@ -19,6 +19,8 @@ The modules, each importing only modules listed before it:
   rolls back, pauses and resumes publishing (``sevo snapshots``).
 * :mod:`~streaming.serving.writer`: :class:`SnapshotWriter`, a store that also writes full
   snapshots, deltas and user vectors, and applies retention.
+* :mod:`~streaming.serving.guard`: :class:`QualityGuard`, the state machine of the quality
+  guard on publishing (when a prequential regression pauses publishing and rolls back).
 * :mod:`~streaming.serving.publisher`: :class:`EmbeddingPublisher` runs a writer on a
   background thread for the engine's run loops (:class:`PublishConfig`).
 * :mod:`~streaming.serving.client`: :class:`EmbeddingClient` reads the current version, item
@@ -39,6 +41,7 @@ from streaming.serving.client import (
     ServedSnapshot,
     UnknownItemsError,
 )
+from streaming.serving.guard import QualityGuard
 from streaming.serving.keys import SnapshotError, connect
 from streaming.serving.publisher import EmbeddingPublisher, PublishConfig
 from streaming.serving.writer import PublishResult, SnapshotWriter
@@ -48,6 +51,7 @@ __all__ = [
     "EmbeddingPublisher",
     "PublishConfig",
     "PublishResult",
+    "QualityGuard",
     "Recommendation",
     "ServedSnapshot",
     "SnapshotError",

@@ -5,6 +5,13 @@ rows and deltas as they were). The publisher keeps training from the live model,
 publish (a delta on its own version, or a full snapshot) supersedes the rollback — unless
 publishing is paused (``pause``, or ``rollback(..., pause=True)``); after ``resume`` the
 publisher writes a full snapshot.
+
+**Rolling back to a moment.** The quality guard (:mod:`streaming.serving.guard`) does not roll
+back to a version but to a moment: :meth:`SnapshotStore.state_before` finds the newest state
+readers were served (a version at one of its deltas) that was published before a given time,
+and :meth:`SnapshotStore.restore` points readers at it. A state is a version's chunks plus
+deltas ``1..seq``, all immutable keys, so an older state of a version is served exactly as it
+was, without the deltas written after it.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ class SnapshotStore:
 
     def versions(self) -> list[dict[str, Any]]:
         """Known versions, newest first: ``{"version", "created", "rows", "dim", "model",
-        "seq", "current", "expires_in_s"}`` (``expires_in_s`` is None while retained)."""
+        "seq", "current", "expires_in_s", "quality"}`` (``expires_in_s`` is None while
+        retained; ``quality`` is the quality guard's record of the newest state, or None)."""
         entries = self.redis.zrevrange(self.keys.versions, 0, -1, withscores=True)
         if not entries:
             return []
@@ -74,6 +82,8 @@ class SnapshotStore:
                     "seq": int(head.get("seq", 0)),
                     "current": current.get("version") == v,
                     "expires_in_s": None if pttl is None or pttl < 0 else pttl / 1000.0,
+                    # the quality guard's record when the newest state was published
+                    "quality": head.get("quality"),
                 }
             )
         return out
@@ -139,6 +149,24 @@ class SnapshotStore:
             )
         if pause:
             self.pause(reason=f"rollback to version {version}")
+        pointer = self.restore(head)
+        log.info("namespace %s rolled back to version %d", self.namespace, version)
+        return pointer
+
+    def restore(self, pointer: dict[str, Any]) -> dict[str, Any]:
+        """Point readers at ``pointer`` (a state of a retained version: its head, or one from
+        :meth:`state_before`); returns the pointer written (``rolled_back_at`` added).
+
+        Every key of the version (all its deltas) loses its expiry first, so retention keeps
+        the version while it is served, and must still exist, so no reader fails on it.
+
+        Raises:
+            SnapshotError: the version is gone or incomplete (some keys already expired).
+        """
+        version = int(pointer["version"])
+        meta, head = self.meta(version), self.head(version)
+        if meta is None or head is None or meta.get("uid") != pointer.get("uid"):
+            raise SnapshotError(f"version {version} no longer exists")
         keys = self.keys.version_keys(version, int(meta["chunks"]), int(head["seq"]))
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
@@ -147,14 +175,72 @@ class SnapshotStore:
         # The persisted keys must all still be there, or readers would fail on this version.
         if self.redis.exists(*keys) != len(keys):
             raise SnapshotError(f"version {version} is incomplete (some keys already expired)")
-        pointer = dict(head, rolled_back_at=time.time())
-        self._switch(dump_json(pointer))
-        log.info("namespace %s rolled back to version %d", self.namespace, version)
+        restored = dict(pointer, rolled_back_at=time.time())
+        self._switch(dump_json(restored))
+        return restored
+
+    def state_before(self, t: float) -> dict[str, Any] | None:
+        """The pointer of the newest state published before ``t`` (unix s) among the retained
+        versions: a version's full snapshot or one of its deltas, whichever came last before
+        ``t``. None when every retained version is newer. Read only.
+
+        The pointer is rebuilt from the version's metadata and the delta's metadata (rows,
+        offsets, watermark, publish time and quality as they were then).
+        """
+        entries = self.redis.zrevrange(self.keys.versions, 0, -1, withscores=True)
+        older = [int(member) for member, created in entries if float(created) < t]
+        for v, meta, head, _pttl in self._version_records(older):
+            if meta is None or head is None or not float(meta.get("created", t)) < t:
+                continue
+            state = self._state_of(v, meta, head, t)
+            if state is not None:
+                return state
+        return None
+
+    def _state_of(
+        self, version: int, meta: dict[str, Any], head: dict[str, Any], t: float
+    ) -> dict[str, Any] | None:
+        """The pointer of ``version``'s newest state published before ``t``."""
+        seq = int(head.get("seq", 0))
+        if seq and float(head.get("published_at", t)) < t:
+            return dict(head)  # its newest delta already precedes t
+        seq_meta: dict[str, Any] = meta
+        if seq:
+            pipe = self.redis.pipeline(transaction=False)
+            for s in range(1, seq + 1):
+                pipe.hget(self.keys.delta(version, s), "meta")
+            deltas = [
+                load_json(raw, f"delta {s} of version {version}")
+                for s, raw in enumerate(pipe.execute(), 1)
+            ]
+            if any(d is None for d in deltas):
+                return None  # expiring: incomplete
+            # Deltas are published in sequence order, so their times increase.
+            before = [d for d in deltas if float(d.get("created", t)) < t]
+            if before:
+                seq_meta = before[-1]
+        s = int(seq_meta.get("seq", 0)) if seq_meta is not meta else 0
+        pointer = {
+            "version": version,
+            "uid": meta.get("uid"),
+            "seq": s,
+            "rows": int(seq_meta["rows"]),
+            "dim": int(meta["dim"]),
+            "model": meta.get("model"),
+            "offsets": dict(seq_meta.get("offsets") or {}),
+            "watermark": seq_meta.get("watermark"),
+            "published_at": float(seq_meta["created"]),
+        }
+        if seq_meta.get("quality") is not None:
+            pointer["quality"] = seq_meta["quality"]
         return pointer
 
-    def pause(self, reason: str = "") -> None:
-        """Pause publishing: engines keep training but write nothing until :meth:`resume`."""
-        self.redis.set(self.keys.paused, dump_json({"since": time.time(), "reason": reason}))
+    def pause(self, reason: str = "", **details: Any) -> None:
+        """Pause publishing: engines keep training but write nothing until :meth:`resume`.
+        ``details`` (JSON values) are stored with the marker, e.g. the quality guard's ``by``,
+        metric and rollback target."""
+        marker = {**details, "since": time.time(), "reason": reason}
+        self.redis.set(self.keys.paused, dump_json(marker))
 
     def resume(self) -> bool:
         """Resume publishing (the engine's next publish is a full snapshot); True if it was

@@ -8,11 +8,14 @@ share one slot and can be written in one pipeline)::
                             "watermark", "published_at"}; the only key readers start from
     {ns}:versions           sorted set: version -> creation time
     {ns}:counter            INCR source of version numbers
-    {ns}:paused             present while publishing is paused (JSON: since, reason)
+    {ns}:paused             present while publishing is paused (JSON: since, reason; the
+                            quality guard adds by, its metric and the rollback target)
     {ns}:full-requested     set by ``request_full``; the engine's next publish is full
     {ns}:updates            pub/sub channel; the pointer JSON is published on every switch
     {ns:vV}:meta            JSON metadata of version V (see
-                            :meth:`~streaming.serving.writer.SnapshotWriter.publish_full`)
+                            :meth:`~streaming.serving.writer.SnapshotWriter.publish_full`;
+                            with the quality guard on, ``quality``: its metric at publish
+                            time, as in every delta's metadata and pointer)
     {ns:vV}:ids             JSON list of the item ids of rows 0..rows-1
     {ns:vV}:chunk:i         rows [i*chunk_rows, (i+1)*chunk_rows) as '<f4' bytes
     {ns:vV}:delta:s         hash {meta (JSON), rows ('<i4' row indices), vectors ('<f4')}

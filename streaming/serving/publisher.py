@@ -6,6 +6,12 @@ The loop (``sevo run`` / ``sevo replay --redis-url``) hands it the trainer's out
 continues; the publisher retries with backoff and catches up with a full snapshot. One
 publisher per namespace: two engines publishing into one namespace would flip the pointer
 between their models.
+
+With a :class:`~streaming.config.QualityGuardConfig` (``quality_guard``) the publisher also
+runs the quality guard (:mod:`streaming.serving.guard`): the run loop hands it each batch's
+prequential NDCG@10 (:meth:`EmbeddingPublisher.observe_quality`), every published state records
+the guard's trailing metric, and when the guard trips the thread pauses publishing and points
+readers back at the newest state published before the fall began.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from typing import Any
 import numpy as np
 import redis
 
+from streaming.config import QualityGuardConfig
 from streaming.errors import describe_error
 from streaming.retry import Backoff, ExponentialBackoff
+from streaming.serving.guard import GUARD, GuardEvent, QualityGuard
 from streaming.serving.keys import Keys, SnapshotError, connect, redact
 from streaming.serving.writer import PublishResult, SnapshotWriter
 
@@ -49,6 +57,8 @@ class PublishConfig:
             0 publishes none (only the recent window is then excluded).
         close_timeout_s: how long the final publish at shutdown may take.
         backoff: delay between attempts while Redis is unavailable.
+        quality_guard: pause publishing and roll back on a prequential regression (None: no
+            guard). The run loop must feed it (``Pipeline`` does with prequential on).
     """
 
     redis_url: str
@@ -66,9 +76,16 @@ class PublishConfig:
     max_users_per_publish: int = 5000
     seen_per_user: int = 1000
     backoff: Backoff = field(default_factory=lambda: ExponentialBackoff(0.2, 2.0, 5.0, jitter=0.2))
+    quality_guard: QualityGuardConfig | None = None
 
     def __post_init__(self) -> None:
         Keys(self.namespace)  # validates
+        if self.quality_guard is not None and not isinstance(
+            self.quality_guard, QualityGuardConfig
+        ):
+            raise ValueError(
+                f"quality_guard must be a QualityGuardConfig or None, got {self.quality_guard!r}"
+            )
         if not isinstance(self.redis_url, str) or "://" not in self.redis_url:
             raise ValueError(
                 f"redis_url must look like redis://host:port/db, got {self.redis_url!r}"
@@ -99,10 +116,13 @@ class _Request:
     watermark: float | None
     offsets: dict[str, int]
     model: str
+    quality: list[tuple[int, float, float]] = field(default_factory=list)  # events, sum, at
 
     def absorb(self, older: _Request) -> None:
-        """Take over the user vectors of an older hand-over not written yet (ours win)."""
+        """Take over the user vectors of an older hand-over not written yet (ours win) and its
+        prequential results not judged yet (theirs first)."""
         self.users = {**older.users, **self.users}
+        self.quality = older.quality + self.quality
 
 
 class EmbeddingPublisher:
@@ -157,6 +177,12 @@ class EmbeddingPublisher:
         self._retry_at = -math.inf
         self._was_paused = False
         self._full_requested = False
+        guard_config = config.quality_guard
+        self.guard = None if guard_config is None else QualityGuard(guard_config)
+        self._quality: list[tuple[int, float, float]] = []  # loop side, until the hand-over
+        self._trip_pending: GuardEvent | None = None  # a trip not acted on yet (Redis failed)
+        self._guard_paused = False
+        self.rollbacks = 0
         self.results: list[PublishResult] = []  # newest last, at most 1000
         self.errors = 0
         self.last_error: str | None = None
@@ -164,6 +190,15 @@ class EmbeddingPublisher:
         self._thread.start()
 
     # ------------------------------------------------------------------ the loop's side
+    def observe_quality(self, events: int, ndcg_sum: float, *, at: float | None = None) -> None:
+        """Note one micro-batch's prequential result for the quality guard: ``events`` ranked
+        before being learned, their NDCG@10 summed, ranked at wall clock ``at`` (default now).
+        It travels with the next hand-over; the guard judges it on the publishing thread. A
+        no-op without a guard."""
+        if self.guard is None or events <= 0:
+            return
+        self._quality.append((int(events), float(ndcg_sum), time.time() if at is None else at))
+
     def observe(
         self,
         trainer: Any,
@@ -214,7 +249,9 @@ class EmbeddingPublisher:
             watermark,
             dict(offsets or {}),
             str(getattr(getattr(trainer, "config", None), "model", "")),
+            self._quality,
         )
+        self._quality = []
         with self._cond:
             if self._pending is not None:  # not written yet: keep its users, newest wins
                 request.absorb(self._pending)
@@ -291,9 +328,15 @@ class EmbeddingPublisher:
             paused, requested = writer._publish_controls()
             if requested:
                 self._full_requested = True
+            if self.guard is not None:
+                paused = self._guard_step(request, paused)
             if paused is not None:
                 if not self._was_paused:
-                    log.warning("publisher: publishing to namespace %s is paused", writer.namespace)
+                    log.warning(
+                        "publisher: publishing to namespace %s is paused (%s)",
+                        writer.namespace,
+                        paused.get("reason") or "no reason given",
+                    )
                 self._was_paused = True
                 self._record("paused", None)
                 return
@@ -304,7 +347,9 @@ class EmbeddingPublisher:
                 )
                 self._was_paused = False
             now = self._clock()
-            extra = {"watermark": request.watermark, "offsets": request.offsets}
+            extra: dict[str, Any] = {"watermark": request.watermark, "offsets": request.offsets}
+            if self.guard is not None:
+                extra["quality"] = self.guard.status()
             user_ids = list(request.users)
             if self._failures:
                 reason = "recovery"
@@ -381,6 +426,152 @@ class EmbeddingPublisher:
         self.results.append(result)
         del self.results[:-1000]
         self._record("ok", result)
+
+    # ------------------------------------------------------------------ the quality guard
+    def _guard_step(self, request: _Request, paused: dict[str, Any] | None) -> Any:
+        """Feed the hand-over's prequential results to the guard and act on its verdicts;
+        returns the pause marker as it now is. Redis errors propagate (the caller retries the
+        request; a trip not acted on yet is retried first, the results not judged yet travel
+        with the request)."""
+        guard, writer = self.guard, self.writer
+        assert guard is not None
+        if paused is None and self._was_paused:
+            # Publishing was resumed by someone else (`sevo snapshots resume`): start over.
+            guard.reset()
+            self._trip_pending = None
+            if self._guard_paused:
+                log.warning(
+                    "quality guard: publishing to namespace %s resumed; the reference starts "
+                    "over (%d warm-up windows)",
+                    writer.namespace,
+                    guard.config.warmup_windows,
+                )
+        rollback = False
+        if self._trip_pending is not None:  # Redis failed while acting on it: again
+            paused, rollback = self._trip(self._trip_pending, paused, retry=True)
+        while request.quality:
+            events, ndcg_sum, at = request.quality.pop(0)
+            for verdict in guard.observe(events, ndcg_sum, at):
+                if verdict.kind == "tripped":
+                    self._trip_pending = verdict
+                    paused, rolled = self._trip(verdict, paused)
+                    rollback |= rolled
+                else:
+                    paused = self._recovered(verdict, paused)
+        # Keep what a rollback would restore while a bad streak is open.
+        writer.protect_before = guard.bad_since
+        self._guard_paused = paused is not None and paused.get("by") == GUARD
+        m = self.metrics
+        if m is not None and hasattr(m, "record_quality"):
+            m.record_quality(
+                live=guard.live,
+                reference=guard.reference,
+                paused=self._guard_paused,
+                rollback=rollback,
+            )
+        return paused
+
+    def _trip(
+        self, verdict: GuardEvent, paused: dict[str, Any] | None, *, retry: bool = False
+    ) -> tuple[Any, bool]:
+        """Pause publishing, then point readers at the newest state published before the bad
+        streak began; returns (the pause marker, whether the pointer moved).
+
+        An existing pause is left alone (an operator, or a guard before a restart, holds it:
+        nothing was published during it, so "the newest state before the streak" would be the
+        state that pause was protecting readers from), unless it is this trip's own marker
+        and Redis failed before the rollback (``retry``)."""
+        writer, cfg = self.writer, self.guard.config  # type: ignore[union-attr]
+        ns = writer.namespace
+        if paused is not None and not (retry and paused.get("by") == GUARD):
+            self._trip_pending = None
+            log.warning(
+                "quality guard: NDCG@10 %.4f fell below %.2f x reference %.4f, but publishing "
+                "to namespace %s is already paused (%s); serving left as it is",
+                verdict.live,
+                1 - cfg.drop,
+                verdict.reference,
+                ns,
+                paused.get("reason") or "no reason given",
+            )
+            return paused, False
+        bad_since = float(verdict.bad_since if verdict.bad_since is not None else time.time())
+        since = time.strftime("%H:%M:%S", time.localtime(bad_since))
+        reason = (
+            f"quality guard: prequential NDCG@10 {verdict.live:.4f} below {1 - cfg.drop:.2f} x "
+            f"reference {verdict.reference:.4f} in {cfg.patience} window(s) of "
+            f"{cfg.window_events} events since {since}"
+        )
+        details: dict[str, Any] = {
+            "by": GUARD,
+            "live_ndcg10": verdict.live,
+            "reference_ndcg10": verdict.reference,
+            "bad_since": bad_since,
+            "rolled_back_to": None,
+        }
+        writer.pause(reason, **details)  # first: nothing may publish over the rollback
+        self._was_paused = True  # this publisher knows; no second "paused" line
+        current = writer.pointer() or {}
+        target = writer.state_before(bad_since)
+        moved = False
+        if target is None:
+            note = (
+                f"no retained snapshot was published before the fall; serving stays at version "
+                f"{current.get('version')}.{current.get('seq')}"
+            )
+        elif (target.get("uid"), target["seq"]) == (current.get("uid"), current.get("seq")):
+            note = f"the served version {target['version']}.{target['seq']} predates the fall"
+        else:
+            try:
+                writer.restore(target)
+            except SnapshotError as exc:
+                note = f"could not roll back ({exc}); serving stays as it is"
+            else:
+                moved = True
+                self.rollbacks += 1
+                details["rolled_back_to"] = {
+                    "version": target["version"],
+                    "seq": target["seq"],
+                    "published_at": target["published_at"],
+                }
+                writer.pause(reason, **details)
+                note = f"rolled back to version {target['version']}.{target['seq']}"
+        self._trip_pending = None
+        log.warning(
+            "%s; publishing to namespace %s paused, %s (training continues; "
+            "`sevo snapshots resume` publishes again)",
+            reason,
+            ns,
+            note,
+        )
+        return {**details, "reason": reason}, moved
+
+    def _recovered(self, verdict: GuardEvent, paused: dict[str, Any] | None) -> Any:
+        """The metric is back: resume publishing with ``auto_resume`` (when the guard holds the
+        pause), else say so once."""
+        guard, writer = self.guard, self.writer
+        assert guard is not None
+        ours = paused is not None and paused.get("by") == GUARD
+        if not ours or not guard.config.auto_resume:
+            if ours:
+                log.info(
+                    "quality guard: NDCG@10 %.4f is back near the reference %.4f; "
+                    "`sevo snapshots resume --namespace %s` publishes again",
+                    verdict.live,
+                    verdict.reference,
+                    writer.namespace,
+                )
+            return paused
+        writer.resume()
+        guard.resume()
+        log.warning(
+            "quality guard: NDCG@10 %.4f recovered (reference %.4f); publishing to namespace "
+            "%s resumed with a full snapshot",
+            verdict.live,
+            verdict.reference,
+            writer.namespace,
+        )
+        return None
 
     def _record(self, outcome: str, result: PublishResult | None) -> None:
         m = self.metrics

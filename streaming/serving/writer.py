@@ -8,7 +8,10 @@ vectors are written with a TTL.
 
 **Retention.** After each full snapshot the newest ``keep_versions`` versions (and whatever
 the pointer names) stay; older ones get a TTL of ``grace_s`` so readers still loading them
-can finish; they disappear from ``list`` once their keys have expired.
+can finish; they disappear from ``list`` once their keys have expired. While the quality guard
+suspects a regression (:attr:`SnapshotWriter.protect_before`), the newest version created before
+the suspect streak began stays too, so a rollback to it remains possible however many full
+snapshots the streak lasts.
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ class SnapshotWriter(SnapshotStore):
         self._id_set: set[str] = set()
         self._model = ""
         self._uid = ""
+        # Set by the quality guard while it suspects a regression that began at this time.
+        self.protect_before: float | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -140,19 +145,20 @@ class SnapshotWriter(SnapshotStore):
         self.version, self.seq, self._published, self._sq_norms = None, 0, None, None
 
     def _pointer(self, version: int, seq: int, rows: int, dim: int, extra: Mapping) -> bytes:
-        return dump_json(
-            {
-                "version": version,
-                "uid": self._uid,
-                "seq": seq,
-                "rows": rows,
-                "dim": dim,
-                "model": self._model,
-                "offsets": dict(extra.get("offsets") or {}),
-                "watermark": extra.get("watermark"),
-                "published_at": time.time(),
-            }
-        )
+        pointer = {
+            "version": version,
+            "uid": self._uid,
+            "seq": seq,
+            "rows": rows,
+            "dim": dim,
+            "model": self._model,
+            "offsets": dict(extra.get("offsets") or {}),
+            "watermark": extra.get("watermark"),
+            "published_at": time.time(),
+        }
+        if extra.get("quality") is not None:  # the quality guard's record, see publish_full
+            pointer["quality"] = extra["quality"]
+        return dump_json(pointer)
 
     # ------------------------------------------------------------------ full snapshots
     def publish_full(
@@ -165,6 +171,7 @@ class SnapshotWriter(SnapshotStore):
         offsets: Mapping[str, int] | None = None,
         extra_meta: Mapping[str, Any] | None = None,
         reason: str = "manual",
+        quality: Mapping[str, Any] | None = None,
     ) -> PublishResult:
         """Write ``matrix`` (row ``i`` is item ``item_ids[i]``) as a new version and point
         readers at it.
@@ -172,7 +179,9 @@ class SnapshotWriter(SnapshotStore):
         Metadata (``{ns:vV}:meta``): ``version, model, dim, dtype ("<f4"), rows, chunk_rows,
         chunks, ids_key, watermark`` (newest event time reflected), ``offsets`` (source
         positions reflected), ``checksum`` (sha256 of the row bytes), ``created``, plus
-        ``extra_meta``.
+        ``extra_meta``, plus ``quality`` when given: the quality guard's trailing prequential
+        NDCG@10 at publish time (also in the pointer, and in each delta's metadata), so an
+        operator and a rollback can see how good each published state was.
 
         Raises:
             ValueError: mismatched ids/rows, duplicate ids, or non-finite values.
@@ -227,6 +236,8 @@ class SnapshotWriter(SnapshotStore):
             "created": created,
             **dict(extra_meta or {}),
         }
+        if quality is not None:
+            meta["quality"] = dict(quality)
         pointer = self._pointer(version, 0, n, dim, meta)
         pipe = self.redis.pipeline(transaction=False)
         for i in range(chunks):
@@ -247,9 +258,12 @@ class SnapshotWriter(SnapshotStore):
     def _apply_retention(self, current: int) -> None:
         """Give versions outside the newest ``keep_versions`` (and not current) a TTL; drop
         index entries whose keys are gone."""
-        members = [int(m) for m in self.redis.zrevrange(self.keys.versions, 0, -1)]
+        entries = self.redis.zrevrange(self.keys.versions, 0, -1, withscores=True)
+        members = [int(m) for m, _created in entries]
         pointer = self.pointer() or {}
         keep = set(members[: self.keep_versions]) | {current, pointer.get("version")}
+        if self.protect_before is not None:  # what a quality-guard rollback would restore
+            keep.update([int(m) for m, c in entries if c < self.protect_before][:1])
         old = [v for v in members if v not in keep]
         if not old:
             return
@@ -300,13 +314,15 @@ class SnapshotWriter(SnapshotStore):
         watermark: float | None = None,
         offsets: Mapping[str, int] | None = None,
         model: str | None = None,
+        quality: Mapping[str, Any] | None = None,
     ) -> PublishResult:
         """Publish the rows that changed since the last publish, and new items appended at the
         end; falls back to :meth:`publish_full` when there is no base version, the dimension
         changed, earlier rows were reordered, or the delta would be too large.
 
         ``item_ids`` must extend the published ids (online training only appends items).
-        Returns a result with ``kind="none"`` when nothing changed.
+        Returns a result with ``kind="none"`` when nothing changed. ``quality``: see
+        :meth:`publish_full`.
         """
         t0 = time.perf_counter()
         model = self._model if model is None else model
@@ -330,7 +346,13 @@ class SnapshotWriter(SnapshotStore):
             reason = "delta chain limit"
         if reason:
             return self.publish_full(
-                ids, rows_all, model=model, watermark=watermark, offsets=offsets, reason=reason
+                ids,
+                rows_all,
+                model=model,
+                watermark=watermark,
+                offsets=offsets,
+                reason=reason,
+                quality=quality,
             )
         n_old, n = self._published.shape[0], rows_all.shape[0]
         changed = self.changed_rows(rows_all)
@@ -343,6 +365,7 @@ class SnapshotWriter(SnapshotStore):
                 watermark=watermark,
                 offsets=offsets,
                 reason=f"delta chain of {self._chain_rows + idx.size} rows for {n}",
+                quality=quality,
             )
         if idx.size == 0:
             return PublishResult("none", self.version, self.seq, 0, 0, time.perf_counter() - t0)
@@ -353,7 +376,7 @@ class SnapshotWriter(SnapshotStore):
         index_bytes, vector_bytes = idx.tobytes(), vectors.tobytes()
         seq = self.seq + 1
         dim = rows_all.shape[1]
-        extra = {"offsets": offsets, "watermark": watermark}
+        extra = {"offsets": offsets, "watermark": watermark, "quality": quality}
         pointer = self._pointer(self.version, seq, n, dim, extra)
         meta = {
             "seq": seq,
@@ -367,6 +390,8 @@ class SnapshotWriter(SnapshotStore):
             "offsets": dict(offsets or {}),
             "created": time.time(),
         }
+        if quality is not None:
+            meta["quality"] = dict(quality)
         meta_key, delta_key = self.keys.meta(self.version), self.keys.delta(self.version, seq)
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(meta_key)
@@ -384,7 +409,13 @@ class SnapshotWriter(SnapshotStore):
             log.warning("version %d vanished from Redis; writing a full snapshot", self.version)
             self.forget()
             return self.publish_full(
-                ids, rows_all, model=model, watermark=watermark, offsets=offsets, reason="lost"
+                ids,
+                rows_all,
+                model=model,
+                watermark=watermark,
+                offsets=offsets,
+                reason="lost",
+                quality=quality,
             )
         checked(replies[1:], f"delta {seq} of version {self.version}")
         self._switch(pointer)

@@ -21,6 +21,15 @@ while the caller's thread is blocked in :meth:`~KafkaEventSource.poll_records`; 
 call blocking consumer APIs. :meth:`~KafkaEventSource.commit` knows this and commits
 asynchronously when called from ``on_revoke``.
 
+**Broker outages.** A broker lost mid-run is waited for: kafka-python reconnects on its own,
+with the configured backoff (``retry_backoff_s`` doubling up to ``retry_backoff_max_s``), and
+the source resumes fetching where it stopped, so nothing is lost or read twice. While no records
+arrive the source checks at most every ``probe_every_s`` whether a bootstrap broker accepts
+TCP connections (:meth:`~KafkaEventSource.broker_up`, the ``sevo_broker_up`` gauge) and logs one
+WARNING when an outage begins and one INFO line when it ends; kafka-python's per-attempt
+connection errors are filtered out of the log, so an outage does not flood it. A broker down at
+start is different: the constructor retries for ``connect_timeout_s`` and then raises.
+
 **Broker quirks** (Tansu, the broker the tests start): ListOffsets LATEST under-reports the
 log end, so lag comes from the fetch high-water mark (:meth:`~KafkaEventSource.lag`); a group
 join takes about ``session_timeout_ms / 2``.
@@ -36,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,6 +72,56 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: kafka-python loggers that report each failed connection attempt (ERROR / WARNING lines,
+#: several a second while a broker is down).
+_CLIENT_LOGGERS = (
+    "kafka.net.manager",
+    "kafka.net.connection",
+    "kafka.cluster",
+    "kafka.coordinator",
+    "kafka.consumer.fetcher",
+)
+_CONNECTION_NOISE = (
+    "KafkaConnectionError",
+    "ECONNREFUSED",
+    "No node available",
+    "Marking the coordinator dead",
+    "NodeNotReadyError",
+    "socket disconnected",
+)
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops kafka-python's per-attempt connection errors: the source logs each outage once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to judge
+            return True
+        return not any(marker in message for marker in _CONNECTION_NOISE)
+
+
+_NOISE_FILTER = _ConnectionNoise()
+
+
+def _mute_connection_noise() -> None:
+    for name in _CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if _NOISE_FILTER not in logger.filters:
+            logger.addFilter(_NOISE_FILTER)
+
+
+def _accepts_connections(server: str, timeout_s: float) -> bool:
+    """Whether ``host:port`` accepts a TCP connection within ``timeout_s``."""
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
 
 Positions = Mapping[str, int]
 PositionsArg = Positions | Callable[[], Positions] | None
@@ -98,8 +158,11 @@ class KafkaConfig:
         request_timeout_ms: per-request timeout (> ``fetch_max_wait_ms``).
         connect_timeout_s: total time to keep retrying an unreachable broker at start.
         connect_attempt_timeout_s: bound of one connection attempt.
-        retry_backoff_s: first delay between connection attempts (doubles each failure).
+        retry_backoff_s: first delay between connection attempts (doubles each failure), at
+            start and when reconnecting to a broker lost mid-run.
         retry_backoff_max_s: largest delay between connection attempts.
+        probe_every_s: while no records arrive, how often :meth:`KafkaEventSource.broker_up`
+            checks that a bootstrap broker accepts connections.
 
     Raises:
         ValueError: on any invalid setting, naming it.
@@ -121,6 +184,7 @@ class KafkaConfig:
     connect_attempt_timeout_s: float = 5.0
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
+    probe_every_s: float = 1.0
     max_future_s: float = 86_400.0
 
     def __post_init__(self) -> None:
@@ -160,7 +224,12 @@ class KafkaConfig:
                 f"fetch_max_wait_ms ({self.fetch_max_wait_ms}) must be below "
                 f"request_timeout_ms ({self.request_timeout_ms})"
             )
-        for name in ("connect_timeout_s", "connect_attempt_timeout_s", "retry_backoff_s"):
+        for name in (
+            "connect_timeout_s",
+            "connect_attempt_timeout_s",
+            "retry_backoff_s",
+            "probe_every_s",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -274,6 +343,10 @@ class KafkaEventSource:
         self._callback_error: BaseException | None = None
         self._closing = False
         self._closed = False
+        self._down_since: float | None = None  # clock() when the current outage was noticed
+        self._last_probe = -float("inf")
+        self.outages = 0  # outages noticed (a broker that stopped accepting connections)
+        _mute_connection_noise()
 
         def make_consumer(bootstrap_timeout_ms: int) -> KafkaConsumer:
             return KafkaConsumer(
@@ -291,6 +364,8 @@ class KafkaEventSource:
                 max_poll_interval_ms=config.max_poll_interval_ms,
                 request_timeout_ms=config.request_timeout_ms,
                 bootstrap_timeout_ms=bootstrap_timeout_ms,
+                reconnect_backoff_ms=int(config.retry_backoff_s * 1000),
+                reconnect_backoff_max_ms=int(config.retry_backoff_max_s * 1000),
             )
 
         self._consumer = connect_with_retry(
@@ -479,11 +554,57 @@ class KafkaEventSource:
             if len(self._pending) >= limit or self._clock() >= deadline:
                 break
         batch, self._pending = self._pending, []
+        if batch and self._down_since is not None:
+            self._broker_back()
         out = []
         for tp, offset, value in batch:
             self._positions[tp] = offset + 1
             out.append(SourceRecord(value if value is not None else b"", f"{_key(tp)}:{offset}"))
         return out
+
+    # ------------------------------------------------------------------ broker health
+
+    def broker_up(self, *, force: bool = False) -> bool:
+        """Whether the broker is reachable: records arrived, or a bootstrap broker accepted a
+        TCP connection at the latest probe (at most one every ``probe_every_s``; each probe
+        tries the bootstrap list with ``connect_attempt_timeout_s``, capped at 1 s per
+        address; ``force`` probes now). Logs one WARNING when an outage begins and one INFO
+        line when it ends."""
+        now = self._clock()
+        if not force and now - self._last_probe < self.config.probe_every_s:
+            return self._down_since is None
+        self._last_probe = now
+        timeout = min(1.0, self.config.connect_attempt_timeout_s)
+        reachable = any(
+            _accepts_connections(server, timeout)
+            for server in parse_bootstrap(self.config.bootstrap)
+        )
+        if reachable and self._down_since is not None:
+            self._broker_back()
+        elif not reachable:
+            self._outage_begins(now)
+        return self._down_since is None
+
+    def _outage_begins(self, now: float) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = now
+        self.outages += 1
+        log.warning(
+            "broker %s unreachable: waiting for it (reconnecting with backoff up to %.0f s; "
+            "positions stay at the last records read, nothing is skipped)",
+            self.config.bootstrap,
+            self.config.retry_backoff_max_s,
+        )
+
+    def _broker_back(self) -> None:
+        assert self._down_since is not None
+        log.info(
+            "broker %s reachable again after %.1f s",
+            self.config.bootstrap,
+            self._clock() - self._down_since,
+        )
+        self._down_since = None
 
     def next_batch(self, max_records: int | None = None, timeout_ms: int = 100) -> EventBatch:
         """The next micro-batch, validated: up to ``max_records`` records parsed by the one
@@ -603,8 +724,9 @@ class KafkaEventSource:
 
         Returns:
             True when committed (or sent, from a callback); False without a group, when this
-            source owns none of the partitions, or when the broker refused (logged; e.g. a
-            rebalance in progress).
+            source owns none of the partitions, while the broker is unreachable (skipped, so
+            the loop never stalls on it), or when the broker refused or did not answer within
+            5 s (logged; e.g. a rebalance in progress).
         """
         self._check_open()
         clean = _clean_positions(positions)
@@ -629,11 +751,21 @@ class KafkaEventSource:
 
             self._consumer.commit_async(offsets, callback=done)
             return True
-        from kafka.errors import KafkaError
+        if self._down_since is not None:
+            # Advisory only (the checkpoint is the truth): while the broker is away a commit
+            # would stall the loop for the request timeout; the next checkpoint commits again.
+            log.debug("broker down: group offset commit of %s skipped", clean)
+            return False
+        from kafka.errors import KafkaConnectionError, KafkaError
 
         try:
-            self._consumer.commit(offsets, timeout_ms=self.config.request_timeout_ms)
+            self._consumer.commit(offsets, timeout_ms=min(self.config.request_timeout_ms, 5000))
+        except KafkaConnectionError:
+            self._outage_begins(self._clock())  # the one line of this outage
+            return False
         except KafkaError as exc:
+            if not self.broker_up(force=True):  # a timeout because the broker went away
+                return False
             log.warning("group offset commit of %s failed: %s", clean, exc)
             return False
         return True

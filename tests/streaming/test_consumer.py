@@ -29,8 +29,10 @@ from streaming.config import PipelineConfig
 from streaming.events import Event, encode_event
 from streaming.kafka_client import KafkaDeadLetterSink, ensure_topic, produce_events
 from streaming.metrics import EngineMetrics
+from streaming.report import write_report
 from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 from streaming.sources.log import LogSource
+from streaming.timeseries import read_samples
 from tests.streaming.helpers import consume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -357,6 +359,16 @@ def test_malformed_messages_go_to_the_dead_letter_topic_with_reasons(
     assert meta["dead_letters"] == reasons and meta["dead_letters_total"] == len(bad)
     for reason, n in reasons.items():
         assert metrics.value("dead_letters_total", reason=reason) == n
+    # the run's metrics time series: counters, lag and the freshness of live events
+    samples, skipped = read_samples(store.directory)
+    last = samples[-1]
+    assert skipped == 0 and samples[0]["reason"] == "start"
+    assert last["dead_letters"] == reasons and last["events"] == len(good)
+    assert last["records"] == len(records) and last["positions"] == summary["end_position"]
+    assert last["freshness"]["count"] == len(good)
+    assert any(s["lag"] is not None for s in samples[1:])
+    report = write_report(store.directory, tmp_path / "report")
+    assert {Path(p).name for p in report["plots"]} >= {"freshness.png", "dead_letters.png"}
 
     with KafkaEventSource(kafka_config(kafka_broker, dl_topic, None)) as reader:
         letters = []
