@@ -34,9 +34,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from engine.data import events as _wire
-from engine.data.events import REASONS, Event, validate_record
+from engine.data.events import MAX_RECORD_BYTES, REASONS, Event, record_size, validate_record
 
 __all__ = [
+    "DEAD_LETTER_RAW_PREFIX",
+    "MAX_RECORD_BYTES",
     "REASONS",
     "DeadLetter",
     "DeadLetterSink",
@@ -49,6 +51,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTER_RAW_PREFIX = 1024
+"""Bytes of a record above :data:`MAX_RECORD_BYTES` that its dead letter keeps: the sinks write
+this prefix (with ``raw_truncated`` and ``raw_bytes``), so a dead-letter message stays within
+the producer's request limit whatever was received."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +74,31 @@ class DeadLetter:
     position: str
     detail: str = ""
 
+    def sink_raw(self) -> bytes | str:
+        """The raw record as sinks write it: whole, or its first :data:`DEAD_LETTER_RAW_PREFIX`
+        bytes when it is larger than :data:`MAX_RECORD_BYTES`."""
+        if record_size(self.raw) <= MAX_RECORD_BYTES:
+            return self.raw
+        raw = self.raw if isinstance(self.raw, bytes) else self.raw.encode("utf-8", "surrogatepass")
+        return raw[:DEAD_LETTER_RAW_PREFIX]
+
     def to_json(self, now: float | None = None) -> dict[str, Any]:
-        """The JSON object a sink writes (raw decoded as UTF-8 with replacement characters)."""
-        raw = (
-            self.raw.decode("utf-8", errors="replace") if isinstance(self.raw, bytes) else self.raw
-        )
-        return {
-            "raw": raw,
+        """The JSON object a sink writes (raw decoded as UTF-8 with replacement characters; a
+        record above :data:`MAX_RECORD_BYTES` cut to its prefix, with ``raw_truncated`` and
+        ``raw_bytes``)."""
+        raw = self.sink_raw()
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        obj: dict[str, Any] = {
+            "raw": text,
             "reason": self.reason,
             "position": self.position,
             "detail": self.detail,
             "time": time.time() if now is None else now,
         }
+        if raw is not self.raw:
+            obj["raw_truncated"] = True
+            obj["raw_bytes"] = record_size(self.raw)
+        return obj
 
 
 def parse_records(
@@ -88,6 +108,7 @@ def parse_records(
     now: float,
     max_future_s: float = 86_400.0,
     max_id_len: int = 256,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> tuple[list[Event], list[DeadLetter]]:
     """Decode and validate wire records; never raises on bad input.
 
@@ -98,6 +119,7 @@ def parse_records(
             tests and replays are deterministic.
         max_future_s: a timestamp more than this after ``now`` is a dead letter.
         max_id_len: ids (and ``event_type``) longer than this are dead letters.
+        max_record_bytes: a record larger than this is a dead letter (``too_large``).
 
     Returns:
         ``(events, dead_letters)``; events keep the input order.
@@ -108,7 +130,11 @@ def parse_records(
     if len(raws) != len(positions):
         raise ValueError(f"{len(raws)} records but {len(positions)} positions")
     events, rejected = _wire.parse_records(
-        raws, now=now, max_future_s=max_future_s, max_id_len=max_id_len
+        raws,
+        now=now,
+        max_future_s=max_future_s,
+        max_id_len=max_id_len,
+        max_record_bytes=max_record_bytes,
     )
     dead = [DeadLetter(raws[r.index], r.reason, positions[r.index], r.detail) for r in rejected]
     return events, dead

@@ -19,6 +19,7 @@ from streaming.events import DeadLetter, Event, encode_event
 from streaming.retry import Backoff, ExponentialBackoff, retry_until
 
 __all__ = [
+    "PRODUCER_MAX_REQUEST_BYTES",
     "KafkaDeadLetterSink",
     "ServiceUnavailableError",
     "check_topic",
@@ -31,6 +32,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PRODUCER_MAX_REQUEST_BYTES = 2**20
+"""The producers' ``max_request_size`` (events and dead letters): Kafka's default message size
+(1 MiB; the broker's ``message.max.bytes`` is about that by default), equal to the consumer's
+``KafkaConfig.max_partition_fetch_bytes`` so one fetch holds any batch a producer writes, and
+well above :data:`streaming.events.MAX_RECORD_BYTES`, so every record the engine would accept
+can be produced; a larger one than this is refused by the producer (a ``DeliveryError``)."""
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
@@ -145,6 +153,7 @@ def _make_producer(
             client_id=client_id,
             acks="all",
             linger_ms=5,
+            max_request_size=PRODUCER_MAX_REQUEST_BYTES,
             bootstrap_timeout_ms=bootstrap_timeout_ms,
             **extra,
         )
@@ -231,6 +240,8 @@ def produce_events(
     check_topic(topic, "topic")
     if rate is not None and not rate > 0:
         raise ValueError(f"rate must be > 0 events/s, got {rate!r}")
+    import kafka.errors as kafka_errors
+
     key_of = key or (lambda e: e.user_id.encode("utf-8"))
     producer = _make_producer(
         bootstrap, client_id=client_id, timeout_s=connect_timeout_s, backoff=None
@@ -244,11 +255,15 @@ def produce_events(
                 ahead = start + count / rate - clock()
                 if ahead > 0:
                     sleep(ahead)
-            if isinstance(item, (bytes, bytearray)):
-                future = producer.send(topic, value=bytes(item))
+            try:
+                if isinstance(item, (bytes, bytearray)):
+                    future = producer.send(topic, value=bytes(item))
+                else:
+                    future = producer.send(topic, value=encode_event(item), key=key_of(item))
+            except kafka_errors.MessageSizeTooLargeError as exc:  # above max_request_size
+                failures.append(exc)
             else:
-                future = producer.send(topic, value=encode_event(item), key=key_of(item))
-            future.add_errback(failures.append)
+                future.add_errback(failures.append)
             count += 1
         producer.flush()
     finally:
@@ -310,11 +325,12 @@ class KafkaDeadLetterSink:
         futures = []
         for letter in letters:
             obj = letter.to_json(now)
-            if isinstance(letter.raw, bytes):
+            raw = letter.sink_raw()  # at most MAX_RECORD_BYTES: the message fits a request
+            if isinstance(raw, bytes):
                 try:
-                    letter.raw.decode("utf-8")
+                    raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    obj["raw_base64"] = base64.b64encode(letter.raw).decode("ascii")
+                    obj["raw_base64"] = base64.b64encode(raw).decode("ascii")
             value = json.dumps(obj, ensure_ascii=False).encode("utf-8")
             futures.append(
                 self._producer.send(self.topic, value=value, key=letter.position.encode("utf-8"))

@@ -32,7 +32,10 @@ reason               cause
 ``bad_timestamp``    NaN, infinite or negative time, or a date-shaped string that is not a valid
                      ISO-8601 date-time (``"2024-02-30"``)
 ``future_timestamp`` time more than ``max_future_s`` after ``now`` (only checked given ``now``)
-``bad_weight``       negative, NaN or infinite weight
+``bad_weight``       negative, NaN or infinite weight, or one above :data:`MAX_WEIGHT` (a
+                     weight scales the event's graph edges: one huge weight would own the graph)
+``too_large``        more than ``max_record_bytes`` bytes (:data:`MAX_RECORD_BYTES`), refused
+                     before it is decoded
 ==================== =========================================================================
 
 One parse, two policies: the engine's file loader (:func:`engine.data.load_events`, behind
@@ -61,6 +64,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
+    "MAX_RECORD_BYTES",
     "PAD_ITEM_ID",
     "REASONS",
     "Event",
@@ -70,6 +74,7 @@ __all__ = [
     "parse_records",
     "parse_time_text",
     "parse_timestamp",
+    "record_size",
     "validate_record",
 ]
 
@@ -82,8 +87,19 @@ REASONS: tuple[str, ...] = (
     "bad_timestamp",
     "future_timestamp",
     "bad_weight",
+    "too_large",
 )
 """Every reason code a rejected record can carry."""
+
+MAX_RECORD_BYTES = 65_536
+#: Largest accepted event weight. Weights are relative (a purchase may count more than a view);
+#: beyond this a value is a unit mistake or garbage, and it would dominate every degree it joins.
+MAX_WEIGHT = 1e6
+"""The largest record (bytes, UTF-8) the parser decodes; a larger one is rejected as
+``too_large`` without decoding it. A valid event is a few hundred bytes at most (ids and
+``event_type`` are bounded by ``max_id_len``), so this leaves room for ignored extra fields and
+stays far below Kafka's default message size (1 MiB), which the producer's and the consumer's
+limits follow (``streaming.kafka_client.PRODUCER_MAX_REQUEST_BYTES``)."""
 
 _REQUIRED = ("user_id", "item_id", "timestamp")
 
@@ -260,6 +276,8 @@ def _check_weight(weight: Any) -> float:
         raise RecordError("bad_weight", "weight is out of range") from None
     if not math.isfinite(value) or value < 0:
         raise RecordError("bad_weight", f"weight must be finite and >= 0, got {value!r}")
+    if value > MAX_WEIGHT:
+        raise RecordError("bad_weight", f"weight {value!r} is above the limit {MAX_WEIGHT:g}")
     return value
 
 
@@ -329,12 +347,26 @@ def decode_record(raw: bytes | str) -> Any:
         raise RecordError("invalid_json", "invalid JSON (nested too deeply)") from None
 
 
+def record_size(raw: bytes | str) -> int:
+    """Size of a record in bytes (a str counts as its UTF-8 encoding)."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return len(raw)
+    return len(raw.encode("utf-8", "surrogatepass"))
+
+
+def _too_large(raw: bytes | str, max_record_bytes: int) -> bool:
+    if isinstance(raw, str) and len(raw) * 4 <= max_record_bytes:
+        return False  # a character is at most 4 bytes: no need to encode
+    return record_size(raw) > max_record_bytes
+
+
 def parse_records(
     raws: Sequence[bytes | str],
     *,
     now: float | None = None,
     max_future_s: float = 86_400.0,
     max_id_len: int = 256,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> tuple[list[Event], list[Rejected]]:
     """Decodes and validates records; never raises on bad input.
 
@@ -344,6 +376,7 @@ def parse_records(
             it explicitly so that tests and replays are deterministic.
         max_future_s: a timestamp more than this after ``now`` is rejected.
         max_id_len: ids (and ``event_type``) longer than this are rejected.
+        max_record_bytes: a record larger than this is rejected (``too_large``) undecoded.
 
     Returns:
         ``(events, rejected)``; both keep the input order, and ``Rejected.index`` is the record's
@@ -352,6 +385,10 @@ def parse_records(
     events: list[Event] = []
     rejected: list[Rejected] = []
     for index, raw in enumerate(raws):
+        if _too_large(raw, max_record_bytes):
+            detail = f"{record_size(raw)} bytes, more than the limit of {max_record_bytes}"
+            rejected.append(Rejected(index, "too_large", detail))
+            continue
         try:
             obj = decode_record(raw)
             events.append(

@@ -253,7 +253,7 @@ def _as_str_1d(values: Sequence[Any] | np.ndarray, what: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
-    return arr.astype(str)
+    return arr if arr.dtype.kind == "U" else arr.astype(str)
 
 
 def _as_int64_1d(values: Any, what: str) -> np.ndarray:

@@ -211,6 +211,12 @@ def _sniff_delimiter(path: Path) -> str:
     )
 
 
+#: Rows parsed per chunk by :func:`_read_header_table`: a chunk's Python row lists are turned
+#: into columnar str arrays before the next chunk is read, so the transient cost of a file is
+#: its columns, not a list of per-row Python objects for the whole file.
+_CHUNK_ROWS = 65_536
+
+
 def _read_header_table(
     path: Path,
     required: Sequence[str],
@@ -218,16 +224,61 @@ def _read_header_table(
     delimiter: str | None = None,
     encoding: str = "utf-8-sig",
     quoting: int = csv.QUOTE_MINIMAL,
-) -> tuple[list[np.ndarray], Sequence[int]]:
-    """Reads the ``required`` columns (str arrays) of a delimited file with a header line."""
+    convert: dict[int, Any] | None = None,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Reads the ``required`` columns of a delimited file with a header line, and the 1-based
+    line number of each data row (for error messages). The file is streamed in chunks of
+    :data:`_CHUNK_ROWS` rows; blank lines are skipped. Each column is a str array as narrow as
+    its longest value, unless ``convert[k](path, values, lines)`` turns the k-th required column
+    into another array chunk by chunk (e.g. :func:`_parse_times`, so a long log never holds its
+    timestamps as text)."""
+    convert = convert or {}
     delim = _sniff_delimiter(path) if delimiter is None else delimiter
-    rows, lines = _read_rows(path, delimiter=delim, encoding=encoding, quoting=quoting)
-    if not rows:
-        raise DataFormatError(f"{path}: empty file (expected a header line)")
-    header, body, body_lines = rows[0], rows[1:], lines[1:]
-    cols = _header_index(path, header, required)
-    mat = _rows_to_matrix(path, body, body_lines, len(header))
-    return [mat[:, c] for c in cols], body_lines
+    parts: list[list[np.ndarray]] = [[] for _ in required]
+    line_parts: list[np.ndarray] = []
+    with path.open(encoding=encoding, newline="") as fh:
+        rd = csv.reader(fh, delimiter=delim, quoting=quoting)
+        chunk: list[list[str]] = []
+        chunk_lines: list[int] = []
+        header: list[str] | None = None
+        cols: list[int] = []
+
+        def flush() -> None:
+            mat = _rows_to_matrix(path, chunk, chunk_lines, len(header))
+            for k, c in enumerate(cols):
+                values = mat[:, c]
+                if k in convert:
+                    parts[k].append(convert[k](path, values, chunk_lines))
+                else:  # the matrix is as wide as its widest column: narrow (and copy) this one
+                    width = max(1, int(np.char.str_len(values).max()))
+                    parts[k].append(values.astype(f"<U{width}"))
+            line_parts.append(np.asarray(chunk_lines, dtype=np.int64))
+            chunk.clear()
+            chunk_lines.clear()
+
+        try:
+            for row in rd:
+                if not row:  # csv yields [] for blank lines
+                    continue
+                if header is None:
+                    header = row
+                    cols = _header_index(path, header, required)
+                    continue
+                chunk.append(row)
+                chunk_lines.append(rd.line_num)
+                if len(chunk) >= _CHUNK_ROWS:
+                    flush()
+        except csv.Error as exc:
+            raise DataFormatError(f"{path}, line {rd.line_num}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(f"{path}: not valid {encoding} text ({exc})") from exc
+        if header is None:
+            raise DataFormatError(f"{path}: empty file (expected a header line)")
+        if chunk:
+            flush()
+    if not line_parts:
+        return [np.zeros(0, dtype=str) for _ in required], np.zeros(0, dtype=np.int64)
+    return [np.concatenate(p) for p in parts], np.concatenate(line_parts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -471,8 +522,10 @@ def load_events(path: Path) -> Interactions:
     """
     path = _require_file(Path(path))
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        (u, i, t), lines = _read_header_table(path, ("user_id", "item_id", "timestamp"))
-        return build_interactions(u, i, _parse_times(path, t, lines), name=path.stem)
+        (u, i, t), _ = _read_header_table(
+            path, ("user_id", "item_id", "timestamp"), convert={2: _parse_times}
+        )
+        return build_interactions(u, i, t, name=path.stem)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from streaming.errors import ServiceUnavailableError, StreamingError
-from streaming.events import EventBatch, parse_records
+from streaming.events import MAX_RECORD_BYTES, EventBatch, parse_records
 from streaming.kafka_client import (
     check_topic,
     connect_with_retry,
@@ -150,6 +150,8 @@ class KafkaConfig:
             two settings bound its memory (kafka-python's own defaults are 50 MiB and 1 MiB; a
             wire-format event is ~100 bytes, so 1 MiB is ~10k events). A single record larger
             than the limit is still delivered (the broker returns at least one record batch).
+            The default equals the producers' ``max_request_size``
+            (:data:`streaming.kafka_client.PRODUCER_MAX_REQUEST_BYTES`).
         session_timeout_ms: group liveness timeout (Apache Kafka accepts 6 000–300 000 by
             default). Tansu completes a join after about half of it.
         heartbeat_interval_ms: group heartbeat period (< session timeout).
@@ -163,6 +165,9 @@ class KafkaConfig:
         retry_backoff_max_s: largest delay between connection attempts.
         probe_every_s: while no records arrive, how often :meth:`KafkaEventSource.broker_up`
             checks that a bootstrap broker accepts connections.
+        max_future_s: an event time more than this after now is a dead letter.
+        max_record_bytes: a record larger than this is a dead letter (``too_large``),
+            undecoded (default :data:`streaming.events.MAX_RECORD_BYTES`).
 
     Raises:
         ValueError: on any invalid setting, naming it.
@@ -186,6 +191,7 @@ class KafkaConfig:
     retry_backoff_max_s: float = 5.0
     probe_every_s: float = 1.0
     max_future_s: float = 86_400.0
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
         parse_bootstrap(self.bootstrap)
@@ -202,6 +208,7 @@ class KafkaConfig:
             "heartbeat_interval_ms",
             "max_poll_interval_ms",
             "request_timeout_ms",
+            "max_record_bytes",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -619,6 +626,7 @@ class KafkaEventSource:
             [r.position for r in records],
             now=time.time(),
             max_future_s=self.config.max_future_s,
+            max_record_bytes=self.config.max_record_bytes,
         )
         return EventBatch.from_events(events, dead)
 

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ __all__ = ["LogSource"]
 log = logging.getLogger(__name__)
 
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_JSONL_CHUNK_LINES = 65_536  # lines parsed at a time (bounds the loader's transient objects)
 
 
 class LogSource:
@@ -90,8 +92,13 @@ class LogSource:
         order = np.argsort(times, kind="stable")
         if limit is not None:
             order = order[: int(limit)]
-        self._users, self._items = users[order], items[order]
-        self._times, self._weights = times[order], weights[order]
+        # Per event the log keeps int32 codes into id tables (decoded per batch), the time and,
+        # only when some event has another weight than 1, the weight: ids held as strings per
+        # event would cost several times as much for a long log.
+        self._user_ids, self._users = _codes(users, order)
+        self._item_ids, self._items = _codes(items, order)
+        self._times = times[order]
+        self._weights = None if bool(np.all(weights == 1.0)) else weights[order]
         self._pos = 0
         self._clock_start: float | None = None
         self._emitted = 0
@@ -100,18 +107,35 @@ class LogSource:
     def _load_jsonl(
         self, path: Path, now: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        raws, positions = [], []
+        """Parse the file in chunks of lines: each chunk's Python objects (raw lines, position
+        strings, events) become columnar arrays before the next chunk is read."""
+        columns: list[list[np.ndarray]] = [[], [], [], []]
+        raws: list[bytes] = []
+        numbers: list[int] = []
+
+        def flush() -> None:
+            events, dead = parse_records(raws, [f"{path}:{n}" for n in numbers], now=now)
+            self.dead_letters.extend(dead)
+            batch = EventBatch.from_events(events)
+            for column, values in zip(
+                columns, (batch.users, batch.items, batch.times, batch.weights), strict=True
+            ):
+                column.append(values)
+            raws.clear()
+            numbers.clear()
+
         with path.open("rb") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if line.strip():
                     raws.append(line)
-                    positions.append(f"{path}:{lineno}")
-        events, dead = parse_records(raws, positions, now=now)
-        self.dead_letters = dead
-        if dead:
-            log.warning("%s: %d invalid line(s) go to dead letters", path, len(dead))
-        batch = EventBatch.from_events(events)
-        return batch.users, batch.items, batch.times, batch.weights
+                    numbers.append(lineno)
+                    if len(raws) >= _JSONL_CHUNK_LINES:
+                        flush()
+        flush()
+        if self.dead_letters:
+            log.warning("%s: %d invalid line(s) go to dead letters", path, len(self.dead_letters))
+        users, items, times, weights = (np.concatenate(c) for c in columns)
+        return users, items, times, weights
 
     def __len__(self) -> int:
         return int(self._times.shape[0])
@@ -159,10 +183,14 @@ class LogSource:
         dead = list(self.dead_letters) if self._dead_pending else []
         self._dead_pending = False
         return EventBatch(
-            users=self._users[start:end],
-            items=self._items[start:end],
+            users=self._user_ids[self._users[start:end]],
+            items=self._item_ids[self._items[start:end]],
             times=self._times[start:end],
-            weights=self._weights[start:end],
+            weights=(
+                np.ones(end - start, dtype=np.float64)
+                if self._weights is None
+                else self._weights[start:end]
+            ),
             dead_letters=dead,
             start=start,
             end=end,
@@ -209,10 +237,22 @@ class LogSource:
                 return
 
 
-def _load_dataset(name_or_path: str | Path) -> tuple[np.ndarray, ...]:
+def _load_dataset(name_or_path: str | Path) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """(users, items, times, weights) of a data set; ids as ``(codes, id table)`` pairs."""
     from engine.data import load_dataset
 
     inter = load_dataset(name_or_path)
-    users = inter.user_ids[inter.users]
-    items = inter.item_ids[inter.items]
+    users = (inter.users, inter.user_ids)
+    items = (inter.items, inter.item_ids)
     return users, items, inter.times.copy(), np.ones(inter.num_interactions, dtype=np.float64)
+
+
+def _codes(ids: Any, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(id table, int32 codes in ``order``)`` of per-event ids given as a str array or as a
+    ``(codes, id table)`` pair."""
+    if isinstance(ids, tuple):
+        codes, table = ids
+    else:
+        table, codes = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+    index = np.int32 if len(table) < np.iinfo(np.int32).max else np.int64
+    return np.asarray(table, dtype=str), np.asarray(codes).reshape(-1)[order].astype(index)

@@ -605,3 +605,25 @@ def test_ml100k_split_no_leak(ml100k: Interactions) -> None:
     assert len(set(train_keys.tolist())) == train_keys.shape[0]  # ML-100K has no repeats
     seqs = sp.padded_sequences(users, maxlen=50, which="test")
     assert seqs.shape == (943, 50) and (seqs[:, -1] == sp.valid_items).all()
+
+
+def test_delimited_files_are_read_in_chunks_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV/TSV reader streams chunks of rows: the log, its id tables and the line numbers of
+    errors are the same whether a file is one chunk or many (here chunks of 3 rows)."""
+    from engine.data import loaders
+
+    rows = [f"u{k % 4},item-{k % 7}{'x' * (k % 3)},{1_700_000_000 + k}" for k in range(20)]
+    good = _write(tmp_path / "g.csv", "user_id,item_id,timestamp\n" + "\n\n".join(rows) + "\n")
+    whole = load_events(good)
+    monkeypatch.setattr(loaders, "_CHUNK_ROWS", 3)
+    chunked = load_events(good)
+    for name in ("users", "items", "times", "user_ids", "item_ids"):
+        assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name
+    # Each id column is as narrow as its longest id, not as the 10-digit timestamps.
+    assert chunked.user_ids.dtype == np.dtype("<U2")
+    bad = [*rows[:10], "u1,i1,later", *rows[10:]]  # 11th data row, line 12 of the file
+    bad_file = _write(tmp_path / "b.csv", "user_id,item_id,timestamp\n" + "\n".join(bad) + "\n")
+    with pytest.raises(DataFormatError, match=r"line 12: .*timestamp"):
+        load_events(bad_file)

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from streaming.events import (
+    DEAD_LETTER_RAW_PREFIX,
+    MAX_RECORD_BYTES,
     REASONS,
     DeadLetter,
     DeadLetterSink,
@@ -33,7 +35,7 @@ BAD = [
     ("{", "invalid_json"),
     ("", "invalid_json"),
     ('{"user_id": "u", "item_id": "i", "timestamp": 1} trailing', "invalid_json"),
-    ("[" * 100_000 + "]" * 100_000, "invalid_json"),  # nested too deeply
+    ("[" * 20_000 + "]" * 20_000, "invalid_json"),  # nested too deeply
     ("[1, 2]", "not_object"),
     ('"just a string"', "not_object"),
     ("null", "not_object"),
@@ -63,6 +65,10 @@ BAD = [
     (_rec(weight=-0.5), "bad_weight"),
     ('{"user_id": "u", "item_id": "i", "timestamp": 1, "weight": NaN}', "bad_weight"),
     ('{"user_id": "u", "item_id": "i", "timestamp": 1, "weight": Infinity}', "bad_weight"),
+    (_rec(weight=1e30), "bad_weight"),  # finite, but it would own every degree it joins
+    (_rec(extra="x" * MAX_RECORD_BYTES), "too_large"),
+    (b"\xff" * (MAX_RECORD_BYTES + 1), "too_large"),
+    ("é" * (MAX_RECORD_BYTES // 2 + 1), "too_large"),  # counted in UTF-8 bytes
 ]
 
 
@@ -86,13 +92,14 @@ def test_valid_records_normalise_ids_and_defaults():
         '"extra": [1]}',
         _rec(timestamp=NOW + 86_400),  # exactly at the allowed future bound
         _rec(weight=0),
+        _rec(weight=1e6),  # exactly at the weight limit
     ]
-    events, dead = parse_records(raws, ["a", "b", "c", "d"], now=NOW)
+    events, dead = parse_records(raws, ["a", "b", "c", "d", "e"], now=NOW)
     assert dead == []
     assert events[0] == Event("7", "a", 1_600_000_000.0, 1.0, None)
     assert events[1] == Event("u", "0", 1.5, 2.0, "buy")
     assert events[2].timestamp == NOW + 86_400
-    assert events[3].weight == 0.0
+    assert events[3].weight == 0.0 and events[4].weight == 1e6
     assert all(isinstance(e.timestamp, float) for e in events)
 
 
@@ -150,3 +157,40 @@ def test_jsonl_sink_appends_flushed_lines(tmp_path):
         again.write([DeadLetter("x", "not_object", "f:2")])
     lines = [json.loads(s) for s in path.read_text().splitlines()]
     assert [row["position"] for row in lines] == ["f:1", "f:2"]
+
+
+def test_record_size_limit_is_configurable_and_exact():
+    at_limit = _rec(extra="")
+    at_limit = _rec(extra="x" * (MAX_RECORD_BYTES - len(at_limit)))
+    assert len(at_limit.encode()) == MAX_RECORD_BYTES
+    assert parse_records([at_limit], ["p"], now=NOW)[1] == []
+    (letter,) = parse_records([at_limit + " "], ["p"], now=NOW)[1]
+    assert letter.reason == "too_large" and str(MAX_RECORD_BYTES) in letter.detail
+    small = parse_records([_rec()], ["p"], now=NOW, max_record_bytes=10)[1]
+    assert [d.reason for d in small] == ["too_large"]
+
+
+def test_dead_letters_of_oversized_records_keep_a_prefix(tmp_path):
+    raw = b"\xff" * (4 * MAX_RECORD_BYTES)  # not UTF-8: would triple as replacement characters
+    (letter,) = parse_records([raw], ["t:0:9"], now=NOW)[1]
+    assert letter.raw == raw and letter.sink_raw() == raw[:DEAD_LETTER_RAW_PREFIX]
+    obj = letter.to_json(1.0)
+    assert obj["raw_truncated"] is True and obj["raw_bytes"] == len(raw)
+    assert len(json.dumps(obj, ensure_ascii=False).encode()) < 4 * DEAD_LETTER_RAW_PREFIX
+    small = DeadLetter("{", "invalid_json", "t:0:1").to_json(1.0)
+    assert "raw_truncated" not in small and small["raw"] == "{"
+
+
+def test_producer_and_consumer_size_limits_are_aligned():
+    """Every record the parser accepts can be produced and fetched in one request; a producer
+    request fits one partition fetch; a dead letter (raw at most MAX_RECORD_BYTES, tripled by
+    replacement characters, plus base64) fits a producer request."""
+    from streaming.kafka_client import PRODUCER_MAX_REQUEST_BYTES
+    from streaming.sources.kafka import KafkaConfig
+
+    config = KafkaConfig(bootstrap="h:1", topic="t")
+    assert config.max_record_bytes == MAX_RECORD_BYTES
+    assert config.max_partition_fetch_bytes == PRODUCER_MAX_REQUEST_BYTES
+    assert config.fetch_max_bytes >= config.max_partition_fetch_bytes
+    worst_letter = 3 * MAX_RECORD_BYTES + 4 * MAX_RECORD_BYTES // 3 + 4096
+    assert MAX_RECORD_BYTES < worst_letter < PRODUCER_MAX_REQUEST_BYTES

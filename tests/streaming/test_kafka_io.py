@@ -242,6 +242,36 @@ def test_dead_letters_land_in_dead_letter_topic(kafka_broker, unique_name):
     assert all(d["detail"] and isinstance(d["time"], float) for d in letters)
 
 
+def test_oversized_records_pass_the_producer_and_reach_the_dead_letter_topic_cut(
+    kafka_broker, unique_name
+):
+    """A record between the parser's limit and the producer's is produced, consumed, and its
+    dead letter (prefix only) fits the dead-letter producer; one above the producer's limit is
+    refused by the producer with a DeliveryError, the rest still delivered."""
+    from streaming.errors import DeliveryError
+    from streaming.events import DEAD_LETTER_RAW_PREFIX, MAX_RECORD_BYTES
+    from streaming.kafka_client import PRODUCER_MAX_REQUEST_BYTES
+
+    topic, dlq = unique_name("big"), unique_name("dlq")
+    ensure_topic(kafka_broker, topic)
+    ensure_topic(kafka_broker, dlq)
+    big = b"\xff" * (PRODUCER_MAX_REQUEST_BYTES // 2)  # non-UTF-8: 3x as replacement chars
+    with pytest.raises(DeliveryError, match="1 of 3 records"):
+        produce_events(kafka_broker, topic, [big, b"\x00" * (2 * PRODUCER_MAX_REQUEST_BYTES), big])
+    with KafkaEventSource(make_config(kafka_broker, topic, None)) as source:
+        records = drain(source, 2)
+    events, dead = parse_records([r.raw for r in records], [r.position for r in records], now=1)
+    assert events == [] and [d.reason for d in dead] == ["too_large"] * 2
+    assert MAX_RECORD_BYTES < len(big) < PRODUCER_MAX_REQUEST_BYTES
+    with KafkaDeadLetterSink(kafka_broker, dlq) as sink:
+        sink.write(dead)  # the whole raw would make a message of about 2 MiB
+    with KafkaEventSource(make_config(kafka_broker, dlq, None)) as reader:
+        letters = [json.loads(r.raw) for r in drain(reader, 2)]
+    assert [d["reason"] for d in letters] == ["too_large"] * 2
+    assert all(d["raw_truncated"] and d["raw_bytes"] == len(big) for d in letters)
+    assert base64.b64decode(letters[0]["raw_base64"]) == big[:DEAD_LETTER_RAW_PREFIX]
+
+
 def test_source_connects_once_a_late_broker_starts(make_kafka_service, unique_name, caplog):
     service = make_kafka_service(start=False)
     errors: list[BaseException] = []
