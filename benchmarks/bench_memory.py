@@ -11,7 +11,7 @@ report gives peak RSS per cell and the growth per event, per user and per item b
 Usage::
 
     python benchmarks/bench_memory.py [--quick]
-        [--cells 100000:2000:2000 1000000:2000:2000 1000000:100000:50000]
+        [--cells 100000:2000:2000 1000000:2000:2000 1000000:100000:2000 ...]
 
 A cell is EVENTS:USERS:ITEMS. Writes ``benchmarks/results/memory.json`` (``memory-quick.json``).
 """
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CELLS = ["100000:2000:2000", "1000000:2000:2000", "1000000:100000:50000"]
+DEFAULT_CELLS = [
+    "100000:2000:2000",
+    "1000000:2000:2000",
+    "1000000:100000:2000",
+    "1000000:2000:50000",
+    "1000000:100000:50000",
+]
 QUICK_CELLS = ["20000:2000:2000", "100000:2000:2000"]
+GRAPH_ENTRIES = re.compile(r"graph\s+(\d+) stored entries")
 
 
 def _write_stream(path: Path, events: int, users: int, items: int) -> None:
@@ -63,13 +71,104 @@ def _peak_rss_mb(cmd: list[str]) -> tuple[float, float, str]:
     return usage.ru_maxrss / 1024.0, time.perf_counter() - start, text  # Linux: KiB
 
 
+def _nbytes(obj) -> int:
+    """Bytes of the arrays and tensors held by ``obj`` (dicts, lists, tuples walked)."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, torch.Tensor):
+        if obj.layout == torch.sparse_csr:
+            parts = (obj.crow_indices(), obj.col_indices(), obj.values())
+            return sum(int(t.numel() * t.element_size()) for t in parts)
+        return int(obj.numel() * obj.element_size())
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _python_bytes(strings: list, mapping: dict) -> int:
+    """Bytes of an id list and its reverse dict: the objects, not only their pointers."""
+    return (
+        sys.getsizeof(strings)
+        + sys.getsizeof(mapping)
+        + sum(sys.getsizeof(s) for s in strings)
+        + sum(sys.getsizeof(v) for v in mapping.values())
+    )
+
+
+def breakdown(cell: str, model: str) -> dict:
+    """Replay one cell in this process and measure what the live state holds, per component,
+    and per event / user / item / graph entry."""
+    import torch
+
+    from engine.online import OnlineConfig, OnlineTrainer
+    from streaming.config import PipelineConfig
+    from streaming.pipeline import Pipeline
+    from streaming.sources.log import LogSource
+
+    torch.set_num_threads(1)
+    events, users, items = (int(x) for x in cell.split(":"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stream.csv"
+        _write_stream(path, events, users, items)
+        source = LogSource(path, batch_size=256)
+        trainer = OnlineTrainer(OnlineConfig(model=model))
+        config = PipelineConfig.for_replay(progress=False, prequential=True)
+        Pipeline(trainer, None, config).run(source)
+        graph = trainer.graph
+        entries = int(graph.to_scipy(raw=True).nnz)
+        ids = trainer._ids
+        st = trainer._users
+        parts = {
+            "model parameters": sum(_nbytes(p) for p in trainer.model.parameters()),
+            "optimizer moments": _nbytes(trainer.optimizer.state_dict()["state"]),
+            "graph (CSR, pending, degrees, float32 copy)": _nbytes(vars(graph)),
+            "user windows and slots": _nbytes([st.windows, st.slot_of_user, st.slot_user])
+            + _nbytes(st.last_seen),
+            "user histories (exact exclusion)": _nbytes(list(st.histories)),
+            "id maps (Python strings and dicts)": _python_bytes(ids.item_ids, ids.item_rows)
+            + _python_bytes(ids.user_ids, ids.user_rows)
+            + _nbytes(ids.item_counts),
+            "log in memory (codes, times, weights)": _nbytes(
+                [source._users, source._items, source._times, source._weights, source._user_ids]
+            )
+            + _nbytes(source._item_ids),
+        }
+    counts = {
+        "events": events,
+        "users": trainer.num_users,
+        "items": trainer.num_items,
+        "graph entries": entries,
+    }
+    return {"cell": cell, "model": model, "bytes": parts, "counts": counts}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"cells {' '.join(QUICK_CELLS)}")
     p.add_argument("--cells", nargs="+", default=None, help="EVENTS:USERS:ITEMS")
     p.add_argument("--model", default="sasrec", choices=("sasrec", "mf"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--breakdown",
+        metavar="CELL",
+        default=None,
+        help="replay CELL in-process and report what the live state holds, per component",
+    )
     args = p.parse_args(argv)
+    if args.breakdown:
+        result = breakdown(args.breakdown, args.model)
+        out = args.out or ROOT / "benchmarks" / "results" / "memory-breakdown.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        c = result["counts"]
+        print(f"{args.breakdown}: {c}")
+        for name, size in result["bytes"].items():
+            print(f"  {name:45s} {size / 2**20:8.1f} MiB")
+        return 0
     cells = args.cells or (QUICK_CELLS if args.quick else DEFAULT_CELLS)
     baseline_mb, _, _ = _peak_rss_mb(
         [sys.executable, "-c", "import streaming.cli, engine.online, torch"]
@@ -87,25 +186,64 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--model", args.model, "--threads", "1", "--no-progress"]
                 if prequential:
                     cmd.append("--prequential")
-                mb, wall, _ = _peak_rss_mb(cmd)
+                mb, wall, text = _peak_rss_mb(cmd)
                 key = "prequential" if prequential else "plain"
                 row[f"peak_rss_mib_{key}"] = mb
                 row[f"wall_seconds_{key}"] = wall
+                found = GRAPH_ENTRIES.search(text)
+                row["graph_entries"] = int(found.group(1)) if found else None
                 print(f"{cell} {key}: peak RSS {mb:,.0f} MiB in {wall:.0f} s", flush=True)
             rows.append(row)
+            _write_report(args, baseline_mb, rows, partial=cell != cells[-1])
+    return 0
+
+
+def _growth_lines(rows: list[dict]) -> list[str]:
+    """Bytes per event / user / item between cells that differ in that one size only."""
+    out = []
+    for a in rows:
+        for b in rows:
+            changed = [k for k in ("events", "users", "items") if a[k] != b[k]]
+            if len(changed) != 1 or b[changed[0]] <= a[changed[0]]:
+                continue
+            unit = changed[0]
+            n = b[unit] - a[unit]
+            per = {
+                key: (b[f"peak_rss_mib_{key}"] - a[f"peak_rss_mib_{key}"]) * 2**20 / n
+                for key in ("plain", "prequential")
+            }
+            out.append(
+                f"| {unit[:-1]} | {a['events']:,}:{a['users']:,}:{a['items']:,} → "
+                f"{b['events']:,}:{b['users']:,}:{b['items']:,} | {per['plain']:,.0f} | "
+                f"{per['prequential']:,.0f} |"
+            )
+    return out
+
+
+def _write_report(args: argparse.Namespace, baseline_mb: float, rows: list[dict], partial: bool):
     lines = [
-        "| events | users | items | peak RSS, replay (MiB) | with --prequential (MiB) |",
-        "|---|---|---|---|---|",
+        "| events | users | items | graph entries | peak RSS, replay (MiB) | "
+        "with --prequential (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | "
+            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['graph_entries'] or 0:,} | "
             f"{r['peak_rss_mib_plain']:,.0f} | {r['peak_rss_mib_prequential']:,.0f} |"
         )
+    growth = _growth_lines(rows)
+    if growth:
+        lines += [
+            "",
+            "| per | cells (events:users:items) | bytes, replay | bytes, --prequential |",
+            "|---|---|---|---|",
+            *growth,
+        ]
     print(f"(interpreter + imports alone: {baseline_mb:,.0f} MiB)")
     print("\n".join(lines))
     report = {
         "model": args.model,
+        "partial": partial,
         "baseline_mib": baseline_mb,
         "rows": rows,
         "cpus": os.cpu_count(),
@@ -120,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         f"interpreter + imports alone: {baseline_mb:,.0f} MiB\n\n" + "\n".join(lines) + "\n"
     )
     print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":
