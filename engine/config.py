@@ -126,7 +126,11 @@ class OfflineConfig:
 
 #: Settings whose default changed when the field was added: a checkpoint without the field was
 #: trained with these (edge times in seconds, the paper's update smoothing).
-_BEFORE_FIELD_EXISTED: dict[str, Any] = {"decay_unit": "seconds", "sevo_smooth": "update"}
+_BEFORE_FIELD_EXISTED: dict[str, Any] = {
+    "decay_unit": "seconds",
+    "sevo_smooth": "update",
+    "prune_below": None,
+}
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,11 @@ class OnlineConfig:
             learns is stamped ``j``, restored with its state), so one half-life suits data sets
             whose time spans differ by years and an edge halves after ``half_life`` more events
             whatever their timestamps. ``"seconds"``: event time, unix seconds.
+        prune_below: with decay, drop the edges whose decayed weight has fallen below this
+            (checked every 25,000 learned events; ``None`` keeps every edge). An edge of
+            weight 1 falls below the default 1e-3 after ten half-lives without a new
+            co-occurrence, so the graph holds the recent past of a stream instead of growing
+            with its length.
         lr, weight_decay, betas: AdamW settings. ``lr`` and ``steps_per_batch`` default to
             what ``sevo replay`` / ``sevo run`` and the README's prequential tables use: of the
             settings tried on ML-100K, the pair with the best prequential HR@10.
@@ -187,6 +196,7 @@ class OnlineConfig:
     hops: int = 1
     half_life: float | None = 25_000.0
     decay_unit: str = "events"
+    prune_below: float | None = 1e-3
     lr: float = 3e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
@@ -244,6 +254,15 @@ class OnlineConfig:
             and self.half_life > 0
         ):
             raise ValueError(f"half_life must be a positive number or None, got {self.half_life!r}")
+        if self.prune_below is not None and not (
+            isinstance(self.prune_below, (int, float))
+            and not isinstance(self.prune_below, bool)
+            and math.isfinite(self.prune_below)
+            and self.prune_below > 0
+        ):
+            raise ValueError(
+                f"prune_below must be a positive number or None, got {self.prune_below!r}"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

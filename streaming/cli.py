@@ -409,7 +409,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------- sevo produce / run
 def _half_life(text: str) -> float | None:
-    """``--half-life``: a positive number, or ``none`` for no edge decay."""
+    """``--half-life`` and ``--prune-below``: a positive number, or ``none`` (off)."""
     if text.strip().lower() in ("none", "off"):
         return None
     try:
@@ -448,6 +448,13 @@ def _add_online_args(p: argparse.ArgumentParser) -> None:
         default=d.decay_unit,
         help="the clock of --half-life: event time in seconds, or the count of learned events "
         "(one half-life then suits data sets of any time span)",
+    )
+    p.add_argument(
+        "--prune-below",
+        type=_half_life,  # the same syntax: a positive number or 'none'
+        default=d.prune_below,
+        help="with decay, drop edges whose decayed weight fell below this (checked every "
+        "25,000 learned events; 'none' keeps every edge)",
     )
     p.add_argument("--maxlen", type=int, default=d.maxlen, help="recent items per user")
     p.add_argument("--hops", type=int, default=d.hops, help="graph window H (edge weight 1/h)")
@@ -502,6 +509,7 @@ def _online_config(args: argparse.Namespace):
         hops=args.hops,
         half_life=args.half_life,
         decay_unit=args.decay_unit,
+        prune_below=args.prune_below,
         lr=args.lr,
         weight_decay=args.weight_decay,
         sevo_beta=args.beta,

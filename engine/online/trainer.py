@@ -106,6 +106,10 @@ def _check_events(
     return users_s, items_s, times_a, weights_a
 
 
+#: How often (in learned events) the trainer drops edges that decayed below ``prune_below``.
+PRUNE_EVERY_EVENTS = 25_000
+
+
 class _YoungRowsRaw:
     """ψ, except that rows of items with fewer than ``threshold`` learned events keep their raw
     update (the item counts are read from the trainer at each call)."""
@@ -291,8 +295,28 @@ class OnlineTrainer:
 
         self._users.advance()
         self.events_applied += B
+        if (
+            self.events_applied // PRUNE_EVERY_EVENTS
+            > (self.events_applied - B) // PRUNE_EVERY_EVENTS
+        ):
+            self.prune_graph()
         stats["seconds"] = {"ids": t1 - t0, "graph": t2 - t1, "state": t3 - t2, "train": t4 - t3}
         return stats
+
+    def prune_graph(self) -> int:
+        """Drop the edges whose decayed weight is below ``config.prune_below`` (with decay
+        only); returns how many stored entries went. Called every :data:`PRUNE_EVERY_EVENTS`
+        learned events, so a restored trainer prunes at the same points. When no edge is below
+        the bound the graph is left untouched (a compaction re-bases the stored weights, which
+        would change later rounding for nothing)."""
+        cfg = self.config
+        if cfg.prune_below is None or cfg.half_life is None or not self.graph.num_nodes:
+            return 0
+        A = self.graph.to_scipy()
+        if not A.nnz or float(A.data.min()) >= cfg.prune_below:
+            return 0
+        stats = self.graph.compact(min_weight=cfg.prune_below)
+        return stats["nnz_before"] - stats["nnz_after"]
 
     def _decay_stamps(self, times: np.ndarray) -> np.ndarray:
         """The decay clock of a batch's events: their times (``decay_unit="seconds"``) or, with

@@ -193,8 +193,50 @@ def test_event_clock_continues_after_a_state_round_trip_and_old_states_load():
     # what it was trained with (seconds, the paper's update smoothing), not today's defaults.
     state = OnlineTrainer(_config(half_life=10.0, decay_unit="seconds")).state_dict()
     del state["config"]["decay_unit"], state["config"]["sevo_smooth"]
+    del state["config"]["prune_below"]
     old = OnlineTrainer.from_state_dict(state).config
-    assert (old.decay_unit, old.sevo_smooth) == ("seconds", "update")
+    assert (old.decay_unit, old.sevo_smooth, old.prune_below) == ("seconds", "update", None)
+
+
+def test_edges_decayed_below_the_bound_are_pruned_at_fixed_event_counts(monkeypatch):
+    """With decay, an edge that ten half-lives of other events left below ``prune_below`` is
+    dropped at the next pruning point (every PRUNE_EVERY_EVENTS learned events), so the graph
+    holds the recent past; without the bound it keeps every edge."""
+    import engine.online.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PRUNE_EVERY_EVENTS", 10)
+    kept, pruned = (
+        OnlineTrainer(_config(half_life=2.0, decay_unit="events", prune_below=p))
+        for p in (None, 1e-3)
+    )
+    for t in (kept, pruned):
+        t.learn_many(["u", "u"], ["a", "b"], [0.0, 1.0])  # edge a-b, weight 1, stamped 2
+        # 28 more events of another user alternating two other items (edge c-d each time):
+        # at the pruning point of event 30, a-b has aged 28 events: 2^-14 < 1e-3. (At event
+        # 20 it was 2^-9, above the bound, so it survived that point.)
+        t.learn_many(["v"] * 28, ["c", "d"] * 14, np.arange(2.0, 30.0))
+        assert t.events_applied == 30
+    assert kept.graph.to_scipy()[1, 2] == pytest.approx(2.0**-14)
+    A = pruned.graph.to_scipy()
+    assert A[1, 2] == 0 and A[2, 1] == 0
+    assert A[3, 4] > 0.5  # the recent edge stays
+    assert pruned.graph.to_scipy(raw=True).nnz == kept.graph.to_scipy(raw=True).nnz - 2
+    assert pruned.graph.degree()[1] == 0  # degrees follow the dropped edges
+
+
+def test_pruning_with_nothing_below_the_bound_leaves_the_graph_untouched(monkeypatch):
+    import engine.online.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PRUNE_EVERY_EVENTS", 5)
+    users, items, times = _stream(60, 4, 6)
+    runs = []
+    for prune in (None, 1e-9):
+        t = OnlineTrainer(_config(half_life=1e6, decay_unit="events", prune_below=prune))
+        for sl in _batches(60, 7):
+            t.learn_many(users[sl], items[sl], times[sl])
+        runs.append(t.graph.state_arrays())
+    for key in runs[0]:
+        np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
 
 
 def test_bad_input_raises_and_changes_nothing():
