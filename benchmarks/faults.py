@@ -57,12 +57,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.disk import fill, read_only_over, tmpfs, unmount  # noqa: E402
 from devtools.services import (  # noqa: E402
     RedisService,
     S3Service,
     TansuService,
     free_port,
 )
+from devtools.services import scrape_metrics as scrape  # noqa: E402
 from engine.data.events import MAX_RECORD_BYTES, MAX_WEIGHT  # noqa: E402
 from streaming.events import Event, encode_event  # noqa: E402
 from streaming.kafka_client import (  # noqa: E402
@@ -97,23 +99,6 @@ def ml100k_events(n: int) -> list[Event]:
             batch.users.tolist(), batch.items.tolist(), batch.times.tolist(), batch.weights.tolist()
         )
     ]
-
-
-def scrape(port: int) -> dict[str, float]:
-    """``name{labels} -> value`` of the engine's Prometheus endpoint (empty if not up)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def publishes_ok(metrics: dict[str, float]) -> float:
@@ -367,33 +352,6 @@ def can_mount() -> bool:
             return False
         subprocess.run(["umount", d], check=False)
     return True
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(mount: Path) -> Path:
-    filler = mount / "filler"
-    with filler.open("wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    return filler
-
-
-def read_only_over(directory: Path) -> None:
-    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
-    subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
 
 
 def fmt_s(x: float | None) -> str:
@@ -825,7 +783,7 @@ def _disk_mid_run(ctx: Ctx, fault: str, has_root: bool) -> dict:
                 if filler is not None:
                     filler.unlink()
                 else:
-                    subprocess.run(["umount", str(ckpt)], check=True)
+                    unmount(ckpt)
             t_free = time.monotonic()
             applied_during = engine.applied() - applied_at_fault
             failures = metrics.get("sevo_checkpoint_failures_total", 0.0)

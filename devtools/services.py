@@ -51,6 +51,7 @@ __all__ = [
     "free_port",
     "main",
     "redis_binary",
+    "scrape_metrics",
     "start_redis",
     "start_tansu",
     "stop_process",
@@ -400,6 +401,24 @@ def wait_for_redis(
                 time.sleep(0.05)
     finally:
         client.close()
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """``name{labels} -> value`` of an engine's Prometheus endpoint (``--metrics-port``);
+    empty while it does not answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int | None:

@@ -16,12 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from devtools.services import free_port
+from devtools.services import scrape_metrics as scrape
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
 from streaming.cli import main
@@ -230,21 +230,6 @@ def test_kill_9_then_restart_applies_every_event_exactly_once(
     # Another trainer config on the same checkpoint is refused with a clear error.
     assert main(["run", *argv, "--lr", "0.5", "--idle-exit", "1"]) == 2
     assert any("written with other settings (lr)" in r.getMessage() for r in caplog.records)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """``name{labels} -> value`` of a Prometheus text exposition (empty if not up yet)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def test_sigterm_stops_cleanly_with_a_final_checkpoint(kafka_broker, unique_name, tmp_path):

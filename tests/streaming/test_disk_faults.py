@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.disk import fill, read_only_over, remount, tmpfs, unmount
 from engine.online import OnlineConfig, OnlineTrainer
 from streaming.checkpoint import CheckpointStore
 from streaming.config import PipelineConfig
@@ -38,41 +39,8 @@ pytestmark = [
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs (about six checkpoints of the tiny trainer), unmounted after the test."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(mount: Path) -> Path:
-    """Write a filler file until the filesystem is full; returns it (delete it to free)."""
-    filler = mount / "filler"
-    with filler.open("wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    return filler
-
-
-def remount(mount: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
-
-
-def read_only_over(directory: Path) -> None:
-    """Mount a read-only view of ``directory`` over itself (a remount of the whole filesystem
-    is refused while the run holds a file open for writing); :func:`unmount` lifts it."""
-    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
-    subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
-
-
-def unmount(directory: Path) -> None:
-    subprocess.run(["umount", str(directory)], check=True)
 
 
 class CommitLog(LogSource):
