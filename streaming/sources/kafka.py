@@ -561,8 +561,10 @@ class KafkaEventSource:
             if len(self._pending) >= limit or self._clock() >= deadline:
                 break
         batch, self._pending = self._pending, []
-        if batch and self._down_since is not None:
-            self._broker_back()
+        if batch:  # records prove the broker up: no probe is due while they flow
+            self._last_probe = self._clock()
+            if self._down_since is not None:
+                self._broker_back()
         out = []
         for tp, offset, value in batch:
             self._positions[tp] = offset + 1
