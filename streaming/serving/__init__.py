@@ -6,15 +6,20 @@ readers at it by switching the namespace's current-version pointer with one ``SE
 full snapshots a **delta** writes only the rows that changed since the last publish, plus
 appended new items, as a new key of the same version, and bumps the pointer's sequence number.
 **User vectors** are written after the rows, with a TTL. Version keys are never edited once
-written and the pointer moves only after every write was acknowledged, so a reader that
-resolves everything from one pointer read (version V's chunks plus deltas 1..seq, checksums
-verified) never sees a torn or mixed snapshot. A rollback moves the pointer back to an older
-version; older versions expire after a grace period.
+written and the pointer moves only after every write was acknowledged (in a Redis Cluster also
+by the replicas of the master holding the version), so a reader that resolves everything from
+one pointer read (version V's chunks plus deltas 1..seq, checksums verified) never sees a torn
+or mixed snapshot. A rollback moves the pointer back to an older version; older versions expire
+after a grace period. The same URL works for a standalone Redis and for any node of a Redis
+Cluster (:func:`connect` tells them apart).
 
 The modules, each importing only modules listed before it:
 
-* :mod:`~streaming.serving.keys`: the key layout, :func:`connect`, :class:`SnapshotError` and
-  the encoding helpers.
+* :mod:`~streaming.serving.keys`: the key layout, :class:`SnapshotError` and the encoding
+  helpers.
+* :mod:`~streaming.serving.connection`: :func:`connect`, the one client factory: a standalone
+  client, or a cluster client when the URL names a node of a Redis Cluster (which waits out
+  failovers), and the replicated write (``WAIT``) that precedes a pointer switch in a cluster.
 * :mod:`~streaming.serving.admin`: :class:`SnapshotStore` reads pointers and metadata; lists,
   rolls back, pauses and resumes publishing (``sevo snapshots``).
 * :mod:`~streaming.serving.writer`: :class:`SnapshotWriter`, a store that also writes full
@@ -27,7 +32,7 @@ The modules, each importing only modules listed before it:
   and user vectors, and a top-k.
 
 Example:
-    >>> writer = SnapshotWriter(redis.Redis(), "demo")  # doctest: +SKIP
+    >>> writer = SnapshotWriter(connect("redis://localhost:6379/0"), "demo")  # doctest: +SKIP
     >>> writer.publish_full(["a", "b"], np.eye(2, dtype=np.float32), model="mf")  # doctest: +SKIP
     >>> EmbeddingClient("redis://localhost:6379/0", namespace="demo").item_vectors(["b"])
     ... # doctest: +SKIP
@@ -41,8 +46,9 @@ from streaming.serving.client import (
     ServedSnapshot,
     UnknownItemsError,
 )
+from streaming.serving.connection import ReplicationError, connect, is_cluster
 from streaming.serving.guard import QualityGuard
-from streaming.serving.keys import SnapshotError, connect
+from streaming.serving.keys import SnapshotError
 from streaming.serving.publisher import EmbeddingPublisher, PublishConfig
 from streaming.serving.writer import PublishResult, SnapshotWriter
 
@@ -53,10 +59,12 @@ __all__ = [
     "PublishResult",
     "QualityGuard",
     "Recommendation",
+    "ReplicationError",
     "ServedSnapshot",
     "SnapshotError",
     "SnapshotStore",
     "SnapshotWriter",
     "UnknownItemsError",
     "connect",
+    "is_cluster",
 ]

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-
+from streaming.serving.connection import RedisClient, replicated_pipeline
 from streaming.serving.keys import Keys, SnapshotError, dump_json, load_json
 
 log = logging.getLogger("streaming.serving")  # one logger for the whole serving package
@@ -32,11 +31,12 @@ class SnapshotStore:
     """Read and administer a namespace's snapshots (``sevo snapshots``).
 
     Args:
-        client: a bytes-returning Redis client (:func:`connect`).
+        client: a bytes-returning Redis client (:func:`~streaming.serving.connection.connect`;
+            standalone or cluster).
         namespace: the key namespace (letters, digits, ``_.:-``).
     """
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(self, client: RedisClient, namespace: str) -> None:
         self.redis = client
         self.keys = Keys(namespace)
         self.namespace = namespace
@@ -109,6 +109,13 @@ class SnapshotStore:
             for i, v in enumerate(versions)
         ]
 
+    def _write_version(self, version: int, fill: Callable[[Any], None], what: str) -> list[Any]:
+        """Run the writes ``fill(pipe)`` queues on ``version``'s keys in one pipeline; in a
+        Redis Cluster on the master of the version's slot, followed by ``WAIT`` for its
+        replicas (:func:`~streaming.serving.connection.replicated_pipeline`), so the pointer
+        may then name the version."""
+        return replicated_pipeline(self.redis, self.keys.meta(version), fill, what=what)
+
     def _switch(self, pointer: bytes) -> None:
         """Point readers at ``pointer`` (one SET) and tell subscribers."""
         self.redis.set(self.keys.current, pointer)
@@ -168,12 +175,15 @@ class SnapshotStore:
         if meta is None or head is None or meta.get("uid") != pointer.get("uid"):
             raise SnapshotError(f"version {version} no longer exists")
         keys = self.keys.version_keys(version, int(meta["chunks"]), int(head["seq"]))
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.persist(key)
-        pipe.execute()
+
+        def persist(pipe: Any) -> None:
+            for key in keys:
+                pipe.persist(key)
+            pipe.exists(*keys)  # one slot: the version's
+
+        replies = self._write_version(version, persist, f"rollback to version {version}")
         # The persisted keys must all still be there, or readers would fail on this version.
-        if self.redis.exists(*keys) != len(keys):
+        if replies[-1] != len(keys):
             raise SnapshotError(f"version {version} is incomplete (some keys already expired)")
         restored = dict(pointer, rolled_back_at=time.time())
         self._switch(dump_json(restored))

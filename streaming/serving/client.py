@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 
 from streaming.errors import StreamingError
 from streaming.serving.admin import SnapshotStore
+from streaming.serving.connection import RedisClient, connect
 from streaming.serving.keys import (
     INDEX_DTYPE,
     ROW_DTYPE,
     SnapshotError,
-    connect,
     load_json,
     sha256,
 )
@@ -79,9 +78,11 @@ class EmbeddingClient:
     calls within that many seconds of the last one.
 
     Args:
-        redis_url: ``redis://[:password@]host:port/db`` or ``rediss://``.
+        redis_url: ``redis://[:password@]host:port/db`` or ``rediss://``; for a Redis Cluster
+            the URL of any node (:func:`~streaming.serving.connection.connect`).
         namespace: the publisher's namespace.
-        timeout_s: bound of each Redis command.
+        timeout_s: bound of each Redis command (in cluster mode each attempt; a failover is
+            waited out, see :class:`~streaming.serving.connection.ClusterClient`).
         max_staleness_s: how long a cached pointer may be trusted without re-reading it.
         client: a Redis client to use instead of connecting to ``redis_url``.
     """
@@ -93,7 +94,7 @@ class EmbeddingClient:
         namespace: str = "sevo",
         timeout_s: float = 1.0,
         max_staleness_s: float = 0.0,
-        client: redis.Redis | None = None,
+        client: RedisClient | None = None,
     ) -> None:
         if client is None:
             if redis_url is None:

@@ -1,8 +1,9 @@
 """How a namespace's snapshots are laid out in Redis, and the low-level helpers the other
-serving modules share (connecting, encoding rows and JSON, checking pipeline replies).
+serving modules share (encoding rows and JSON, checking pipeline replies, redacting URLs).
 
-**Key layout** (``ns`` = namespace; ``{...}`` is a Redis Cluster hash tag, so a version's keys
-share one slot and can be written in one pipeline)::
+**Key layout** (``ns`` = namespace; ``{...}`` is a Redis Cluster hash tag: only the part inside
+the braces is hashed, so a version's keys share one slot and can be written in one pipeline to
+one node, and the namespace's own keys share another)::
 
     {ns}:current            JSON pointer {"version", "seq", "rows", "dim", "offsets",
                             "watermark", "published_at"}; the only key readers start from
@@ -24,7 +25,13 @@ share one slot and can be written in one pipeline)::
 
 Nothing read from Redis is unpickled or evaluated: metadata is JSON (:func:`load_json`), rows
 are ``np.frombuffer`` of :data:`ROW_DTYPE` bytes. Auth and TLS come with the URL
-(``redis://:password@host:6379/0``, ``rediss://...``; see :func:`connect`).
+(``redis://:password@host:6379/0``, ``rediss://...``; see
+:func:`~streaming.serving.connection.connect`).
+
+In a Redis Cluster the user keys (``ns:user:U``, no hash tag) spread over all slots; every
+multi-key command of the serving code stays within one of the two tagged groups (one
+version, or the namespace), and pipelines that span slots are non-transactional (redis-py
+splits them per node).
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import redis
 
 from streaming.errors import StreamingError
 
@@ -48,18 +54,6 @@ INDEX_DTYPE = np.dtype("<i4")
 class SnapshotError(StreamingError):
     """A snapshot could not be read or written consistently (missing keys, bad checksum,
     unknown version)."""
-
-
-def connect(url: str, *, timeout_s: float = 1.0, **kwargs: Any) -> redis.Redis:
-    """A Redis client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``; password
-    and db in the URL) that returns bytes and bounds every command by ``timeout_s``."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        decode_responses=False,
-        **kwargs,
-    )
 
 
 def redact(url: str) -> str:

@@ -31,8 +31,9 @@ import redis
 from streaming.config import QualityGuardConfig
 from streaming.errors import describe_error
 from streaming.retry import Backoff, ExponentialBackoff
+from streaming.serving.connection import RedisClient, connect
 from streaming.serving.guard import GUARD, GuardEvent, QualityGuard
-from streaming.serving.keys import Keys, SnapshotError, connect, redact
+from streaming.serving.keys import Keys, SnapshotError, redact
 from streaming.serving.writer import PublishResult, SnapshotWriter
 
 log = logging.getLogger("streaming.serving")  # one logger for the whole serving package
@@ -43,7 +44,8 @@ class PublishConfig:
     """How the engine publishes to Redis (``--redis-url`` and friends).
 
     Args:
-        redis_url: ``redis://[:password@]host:port/db`` or ``rediss://`` (TLS).
+        redis_url: ``redis://[:password@]host:port/db`` or ``rediss://`` (TLS); for a Redis
+            Cluster the URL of any node.
         namespace: key namespace (several models/environments can share one Redis).
         publish_every_s: seconds between publishes (a delta, or a full snapshot when due).
         full_every_s: seconds between full snapshots.
@@ -149,7 +151,7 @@ class EmbeddingPublisher:
         config: PublishConfig,
         *,
         metrics: Any = None,
-        client: redis.Redis | None = None,
+        client: RedisClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config

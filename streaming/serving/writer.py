@@ -6,6 +6,12 @@ pointer with one ``SET``; between full snapshots a delta holds only the rows tha
 the last publish, plus appended new items, and bumps the pointer's sequence number. User
 vectors are written with a TTL.
 
+**Redis Cluster.** A version's keys share one slot (hash tag ``{ns:vV}``), so its writes go in
+one pipeline to one master; in cluster mode that pipeline ends with ``WAIT`` for the master's
+replicas, and the pointer (another slot, ``{ns}``) is switched only once they all acknowledged
+(:func:`~streaming.serving.connection.replicated_pipeline`): a failover of the version's master
+after the switch cannot lose keys that readers were pointed at.
+
 **Retention.** After each full snapshot the newest ``keep_versions`` versions (and whatever
 the pointer names) stay; older ones get a TTL of ``grace_s`` so readers still loading them
 can finish; they disappear from ``list`` once their keys have expired. While the quality guard
@@ -25,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 
 from streaming.serving.admin import SnapshotStore
+from streaming.serving.connection import RedisClient
 from streaming.serving.keys import (
     INDEX_DTYPE,
     ROW_DTYPE,
@@ -73,7 +79,8 @@ class SnapshotWriter(SnapshotStore):
     lags the live one by less than that, and the difference is carried until it grows past it.
 
     Args:
-        client: a bytes-returning Redis client (:func:`connect`).
+        client: a bytes-returning Redis client (:func:`~streaming.serving.connection.connect`;
+            standalone or cluster).
         namespace: the key namespace.
         chunk_rows: rows per chunk key of a full snapshot.
         keep_versions: versions kept without expiry (the newest ones and the current one).
@@ -91,7 +98,7 @@ class SnapshotWriter(SnapshotStore):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         namespace: str,
         *,
         chunk_rows: int = 4096,
@@ -118,6 +125,7 @@ class SnapshotWriter(SnapshotStore):
         self._chain_rows = 0  # rows in the current version's deltas
         self.max_deltas = int(max_deltas)
         self.version: int | None = None
+        self._newest_version = 0  # the highest version this writer created (not forgotten)
         self.seq = 0
         self._published: np.ndarray | None = None  # rows as readers see them
         self._sq_norms: np.ndarray | None = None  # squared L2 norms of _published rows
@@ -210,6 +218,13 @@ class SnapshotWriter(SnapshotStore):
             raise ValueError(f"{len(ids)} item ids for {rows.shape[0]} rows")
         n, dim = rows.shape
         version = int(self.redis.incr(self.keys.counter))
+        if version <= self._newest_version:
+            # The counter went back under this writer (a cluster failover lost its newest
+            # increments, or a Redis restarted without its data): skip past every version this
+            # writer made, so that version keys readers may hold are never rewritten.
+            step = self._newest_version + 1 - version
+            version = int(self.redis.incrby(self.keys.counter, step))
+        self._newest_version = version
         # A Redis that lost its data restarts the counter: the uid tells a reader that a
         # reused version number is another snapshot.
         self._uid = uuid.uuid4().hex
@@ -239,14 +254,18 @@ class SnapshotWriter(SnapshotStore):
         if quality is not None:
             meta["quality"] = dict(quality)
         pointer = self._pointer(version, 0, n, dim, meta)
-        pipe = self.redis.pipeline(transaction=False)
-        for i in range(chunks):
-            pipe.set(self.keys.chunk(version, i), data[i * chunk_bytes : (i + 1) * chunk_bytes])
-        pipe.set(self.keys.ids(version), dump_json(ids))
-        pipe.set(self.keys.meta(version), dump_json(meta))
-        pipe.set(self.keys.head(version), pointer)
-        pipe.zadd(self.keys.versions, {str(version): created})
-        checked(pipe.execute(), f"full snapshot {version}")
+
+        def write(pipe: Any) -> None:  # one slot: the version's
+            for i in range(chunks):
+                chunk = data[i * chunk_bytes : (i + 1) * chunk_bytes]
+                pipe.set(self.keys.chunk(version, i), chunk)
+            pipe.set(self.keys.ids(version), dump_json(ids))
+            pipe.set(self.keys.meta(version), dump_json(meta))
+            pipe.set(self.keys.head(version), pointer)
+
+        what = f"full snapshot {version}"
+        checked(self._write_version(version, write, what), what)
+        self.redis.zadd(self.keys.versions, {str(version): created})
         self._switch(pointer)
         self.version, self.seq, self._ids, self._chain_rows = version, 0, ids, 0
         self._id_set = set(ids)
@@ -393,14 +412,16 @@ class SnapshotWriter(SnapshotStore):
         if quality is not None:
             meta["quality"] = dict(quality)
         meta_key, delta_key = self.keys.meta(self.version), self.keys.delta(self.version, seq)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(meta_key)
-        pipe.hset(
-            delta_key,
-            mapping={"meta": dump_json(meta), "rows": index_bytes, "vectors": vector_bytes},
-        )
-        pipe.set(self.keys.head(self.version), pointer)
-        replies = pipe.execute()
+
+        def write(pipe: Any) -> None:  # one slot: the version's
+            pipe.get(meta_key)
+            pipe.hset(
+                delta_key,
+                mapping={"meta": dump_json(meta), "rows": index_bytes, "vectors": vector_bytes},
+            )
+            pipe.set(self.keys.head(self.version), pointer)
+
+        replies = self._write_version(self.version, write, f"delta {seq} of version {self.version}")
         base = load_json(replies[0], f"metadata of version {self.version}")
         if base is None or base.get("uid") != self._uid:
             # Redis lost the base version (restarted without persistence, and redis-py
