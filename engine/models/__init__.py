@@ -23,10 +23,13 @@ from engine.models.gru4rec import GRU4Rec, GRU4RecConfig
 from engine.models.lightgcn import LightGCN, LightGCNConfig
 from engine.models.mf import MF, MFConfig
 from engine.models.sasrec import SASRec, SASRecConfig
+from engine.models.stosa import STOSA, STOSAConfig
 
 __all__ = [
+    "BACKBONES",
     "MF",
     "MODELS",
+    "STOSA",
     "BERT4Rec",
     "BERT4RecConfig",
     "Batch",
@@ -38,6 +41,7 @@ __all__ = [
     "Recommender",
     "SASRec",
     "SASRecConfig",
+    "STOSAConfig",
     "build_model",
     "model_class",
     "resolved_config",
@@ -49,18 +53,27 @@ _BACKBONES: dict[str, tuple[type[Recommender], type]] = {
     "mf": (MF, MFConfig),
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "lightgcn": (LightGCN, LightGCNConfig),
+    "stosa": (STOSA, STOSAConfig),
 }
 #: name → (model class, config class), one entry per name of :data:`engine.config.MODEL_NAMES`
 #: (in its order), the torch-free list the command line offers.
 MODELS: dict[str, tuple[type[Recommender], type]] = {name: _BACKBONES[name] for name in MODEL_NAMES}
+#: Every backbone :func:`build_model`, :func:`model_class` and :func:`resolved_config` accept
+#: (and so the offline trainer, ``OfflineConfig(model=...)``): :data:`MODELS`, then those the
+#: command line does not offer yet because :data:`engine.config.MODEL_NAMES` does not list them
+#: (``"stosa"``).
+BACKBONES: dict[str, tuple[type[Recommender], type]] = {
+    **MODELS,
+    **{name: entry for name, entry in _BACKBONES.items() if name not in MODELS},
+}
 
 
 def _entry(name: str) -> tuple[type[Recommender], type]:
-    """``MODELS[name]`` by case-insensitive name; ``ValueError`` listing the known names."""
+    """``BACKBONES[name]`` by case-insensitive name; ``ValueError`` listing the known names."""
     key = name.lower() if isinstance(name, str) else name
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
-    return MODELS[key]
+    if key not in BACKBONES:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(BACKBONES)}")
+    return BACKBONES[key]
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -98,8 +111,8 @@ def build_model(
     """Build a model by name with its paper defaults, overriding config fields by keyword.
 
     Args:
-        name: one of ``"sasrec"``, ``"gru4rec"``, ``"mf"``, ``"bert4rec"``, ``"lightgcn"``
-            (case-insensitive).
+        name: one of ``"sasrec"``, ``"gru4rec"``, ``"mf"``, ``"bert4rec"``, ``"lightgcn"``,
+            ``"stosa"`` (case-insensitive; see :data:`BACKBONES`).
         num_items: number of items (ids ``1..num_items``).
         num_users: number of users (ids ``0..num_users-1``).
         seed: seeds the parameter initialisation.
@@ -110,5 +123,5 @@ def build_model(
             (the message lists the valid ones), or an invalid config value.
     """
     resolved_config(name, **overrides)  # validates name and fields with the messages above
-    model_cls, config_cls = MODELS[name.lower()]
+    model_cls, config_cls = BACKBONES[name.lower()]
     return model_cls(num_items, num_users, config_cls(**overrides), seed=seed)
