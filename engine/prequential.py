@@ -85,6 +85,28 @@ class Prequential:
             row[1] += float(hit[sel].sum())
             row[2] += float(gain[sel].sum())
 
+    @classmethod
+    def merged(cls, parts: list[Prequential]) -> Prequential:
+        """The sums of several evaluators (the ranks of a data-parallel group, each of which
+        ranks its own events): totals and item-age buckets add up exactly; window ``i`` adds
+        the ``i``-th window of each rank's own events."""
+        if not parts:
+            return cls()
+        out = cls(parts[0].k, parts[0].window)
+        for p in parts:
+            out.count += p.count
+            out.hits += p.hits
+            out.ndcg += p.ndcg
+            for i, row in enumerate(p.windows):
+                while len(out.windows) <= i:
+                    out.windows.append([0, 0.0, 0.0])
+                for j in range(3):
+                    out.windows[i][j] += row[j]
+            for name, row in p.ages.items():
+                for j in range(3):
+                    out.ages[name][j] += row[j]
+        return out
+
     def rank_and_update(self, trainer: OnlineTrainer, users: np.ndarray, items: np.ndarray) -> None:
         """Rank a batch with the trainer as it is (before learning it) and add the result."""
         num_known = trainer.num_items

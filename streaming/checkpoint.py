@@ -198,6 +198,16 @@ class CheckpointStore:
             CheckpointError: missing sidecar or payload, size/checksum mismatch, or a payload
                 that does not load as a weights-only checkpoint.
         """
+        payload = self.load_payload(version)
+        return parse_checkpoint(payload, self._paths(version)[0])
+
+    def load_payload(self, version: int) -> bytes:
+        """The verified bytes of one version's ``.pt`` (size and SHA-256 checked against the
+        sidecar; what a data-parallel group's rank 0 broadcasts to the others).
+
+        Raises:
+            CheckpointError: missing sidecar or payload, size/checksum mismatch.
+        """
         pt_path, json_path = self._paths(version)
         try:
             sidecar = json.loads(json_path.read_text(encoding="utf-8"))
@@ -216,25 +226,22 @@ class CheckpointStore:
             )
         if hashlib.sha256(payload).hexdigest() != expected_sha:
             raise CheckpointError(f"{pt_path.name} fails its SHA-256 check (corrupted)")
-        try:
-            obj = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
-        except Exception as exc:  # any unpickling failure means a bad file
-            raise CheckpointError(f"{pt_path.name} does not load: {exc}") from exc
-        if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-            raise CheckpointError(f"{pt_path.name} is not a checkpoint of format {_FORMAT}")
-        return Checkpoint(
-            version=int(obj["version"]),
-            state=obj["state"],
-            offsets={str(k): int(v) for k, v in obj["offsets"].items()},
-            meta=obj["meta"],
-            path=pt_path,
-        )
+        return payload
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint that verifies, or ``None``; bad newer ones are logged, skipped."""
+        found = self.latest_payload()
+        return None if found is None else parse_checkpoint(found[1], found[0])
+
+    def latest_payload(self) -> tuple[Path, bytes] | None:
+        """``(path, verified bytes)`` of the newest checkpoint that verifies and loads, or
+        ``None``; bad newer ones are logged and skipped."""
         for version in reversed(self.versions()):
             try:
-                return self.load(version)
+                payload = self.load_payload(version)
+                path = self._paths(version)[0]
+                parse_checkpoint(payload, path)
+                return path, payload
             except CheckpointError as exc:
                 log.warning("skipping checkpoint %d in %s: %s", version, self.directory, exc)
         return None
@@ -248,6 +255,27 @@ class CheckpointStore:
         """Version of the newest valid checkpoint (loads and verifies it), or ``None``."""
         ckpt = self.latest_checkpoint()
         return None if ckpt is None else ckpt.version
+
+
+def parse_checkpoint(payload: bytes, path: Path) -> Checkpoint:
+    """A checkpoint from the bytes of its ``.pt`` (loaded weights-only).
+
+    Raises:
+        CheckpointError: the bytes do not load as a weights-only checkpoint of this format.
+    """
+    try:
+        obj = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+    except Exception as exc:  # any unpickling failure means a bad file
+        raise CheckpointError(f"{path.name} does not load: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
+        raise CheckpointError(f"{path.name} is not a checkpoint of format {_FORMAT}")
+    return Checkpoint(
+        version=int(obj["version"]),
+        state=obj["state"],
+        offsets={str(k): int(v) for k, v in obj["offsets"].items()},
+        meta=obj["meta"],
+        path=path,
+    )
 
 
 def _os_reason(exc: OSError) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -252,11 +253,17 @@ def _run_pipeline(args: argparse.Namespace, source: Any, config: Any, trainer: A
     from streaming.checkpoint import CheckpointStore
     from streaming.pipeline import Pipeline
 
-    store = CheckpointStore(args.checkpoint_dir, keep=args.keep) if args.checkpoint_dir else None
+    step_log = kw.pop("step_log", None)
+    store_here = kw.pop("store_here", True)
+    store = None
+    if args.checkpoint_dir and store_here:
+        store = CheckpointStore(args.checkpoint_dir, keep=args.keep)
     stop = threading.Event()
     previous = _install_stop_signals(stop)
     try:
-        return Pipeline(trainer, store, config, **kw).run(source, stop=stop)
+        pipeline = Pipeline(trainer, store, config, **kw)
+        pipeline.step_log = step_log
+        return pipeline.run(source, stop=stop)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -603,10 +610,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from streaming.metrics import EngineMetrics
     from streaming.sources.kafka import KafkaConfig, KafkaEventSource
 
+    if args.world_size > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_ranks(args)
+    group = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from engine.online.collective import ProcessGroup
+
+        if args.peer_checkpoint_dir:
+            raise ValueError("--peer-checkpoint-dir has no use in a data-parallel group")
+        group = ProcessGroup(timeout_s=args.collective_timeout)
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
     _quiet_kafka_client(args)
     torch.set_num_threads(args.threads)
     session_ms = args.session_timeout_ms
     kafka = KafkaConfig(
+        rank=rank,
+        world_size=world,
         bootstrap=args.bootstrap,
         topic=args.topic,
         group=args.group,
@@ -628,14 +647,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         prequential=args.prequential,
         prequential_window=args.window,
     )
-    trainer = OnlineTrainer(_online_config(args))
+    trainer = OnlineTrainer(_online_config(args), group)
     peers = [CheckpointStore(d, keep=args.keep) for d in args.peer_checkpoint_dir or ()]
     metrics = EngineMetrics(log_every_s=args.log_every)
-    sink = None
+    sink = step_log = None
     try:
         if args.metrics_port is not None:
             try:
-                metrics.serve(args.metrics_port, args.metrics_host)
+                metrics.serve(args.metrics_port + rank, args.metrics_host)
             except OSError as exc:
                 log.error(
                     "cannot serve metrics on %s:%s: %s", args.metrics_host, args.metrics_port, exc
@@ -646,8 +665,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 args.bootstrap, args.dead_letter_topic, connect_timeout_s=args.connect_timeout
             )
         elif args.dead_letters:
-            sink = JsonlDeadLetterSink(args.dead_letters)
-        publisher = publisher_from_args(args, metrics)
+            path = args.dead_letters
+            sink = JsonlDeadLetterSink(
+                path if rank == 0 else path.with_name(f"{path.name}.rank{rank}")
+            )
+        publisher = publisher_from_args(args, metrics) if rank == 0 else None
+        if args.step_log is not None and group is not None:
+            args.step_log.mkdir(parents=True, exist_ok=True)
+            step_log = open(args.step_log / f"steps-rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         summary = _run_pipeline(
             args,
             KafkaEventSource(kafka),
@@ -657,6 +682,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             metrics=metrics,
             peers=peers,
             publisher=publisher,
+            step_log=step_log,
+            store_here=rank == 0,
         )
     except StreamingError as exc:  # e.g. the broker stayed unreachable: one clear line
         log.error("%s", exc)
@@ -664,8 +691,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         if sink is not None:
             sink.close()
+        if step_log is not None:
+            step_log.close()
         metrics.close()
+    if rank != 0:
+        log.info("rank %d stopped: %d events read here", rank, summary["events"])
+        return 1 if summary.get("only_dead_letters") else 0
     return _print_summary(args, summary, trainer)
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """``sevo run --world-size N``: start N local ranks of this same command through torch's
+    launcher (``torchrun --standalone``), which restarts the whole group from its checkpoint
+    up to ``--max-restarts`` times when a rank fails."""
+    from torch.distributed.run import main as torchrun
+
+    argv = _without_option(args.argv, "--world-size")
+    log.info(
+        "starting %d ranks (torchrun --standalone, --max-restarts %d)",
+        args.world_size,
+        args.max_restarts,
+    )
+    try:
+        torchrun(
+            [
+                "--standalone",
+                f"--nproc-per-node={args.world_size}",
+                f"--max-restarts={args.max_restarts}",
+                "-m",
+                "streaming.cli",
+                *argv,
+            ]
+        )
+    except Exception as exc:  # torchrun's ChildFailedError names the failed rank and exit code
+        log.error("the group failed: %s", exc)
+        return 1
+    return 0
+
+
+def _without_option(argv: Sequence[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == name:
+            skip = True
+        elif not token.startswith(name + "="):
+            out.append(token)
+    return out
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -688,7 +762,43 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", required=True)
     p.add_argument("--group", default=k.group, help="consumer group id")
     p.add_argument("--client-id", default=k.client_id)
-    p.add_argument("--checkpoint-dir", type=Path, required=True, help="this worker's checkpoints")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        required=True,
+        help="this worker's checkpoints (in a data-parallel group: the group's, on rank 0)",
+    )
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="train one model with N local data-parallel ranks (started by torch's launcher; "
+        "each reads the partitions p with p %% N == rank; the topic needs >= N partitions). "
+        "Across machines start `torchrun --nnodes M --nproc-per-node N ... -m streaming.cli "
+        "run ...` instead",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="with --world-size: how often the launcher restarts the group from its last "
+        "checkpoint after a rank failed",
+    )
+    p.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=60.0,
+        help="in a data-parallel group: seconds a step waits for a missing rank before the "
+        "rank fails (a rank that died makes the others fail instead of hanging)",
+    )
+    p.add_argument(
+        "--step-log",
+        type=Path,
+        default=None,
+        help="in a data-parallel group: write each rank's learned events per group step to "
+        "DIR/steps-rankR.jsonl (audits; a one-process replay of the union batches must "
+        "give the same state)",
+    )
     p.add_argument(
         "--peer-checkpoint-dir",
         type=Path,
@@ -818,7 +928,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sevo`` command line; returns the process exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -51,15 +52,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from engine.online import OnlineTrainer
 from engine.prequential import Prequential
 from sevo_common.memory import release_free_memory
-from streaming.checkpoint import Checkpoint, CheckpointStore
+from streaming.checkpoint import Checkpoint, CheckpointStore, parse_checkpoint
 from streaming.config import PipelineConfig
 from streaming.errors import CheckpointWriteError
 from streaming.events import DeadLetterSink, EventBatch
@@ -187,6 +190,13 @@ class Pipeline:
         self._last_lag_t = self._last_graph_t = -math.inf
         # the run's metrics time series (metrics.jsonl next to the checkpoints)
         self.timeseries = MetricsSeries(store.directory) if store is not None else None
+        # Data parallel: the trainer's group. Rank 0 alone holds the checkpoint directory and
+        # decides when to checkpoint; every rank joins each step's exchanges.
+        self.group = trainer.collective
+        if self.group.distributed and (store is None) != (self.group.rank != 0):
+            raise ValueError("in a data-parallel group exactly rank 0 holds the checkpoint store")
+        self.group_steps = 0  # learn steps of the group (data parallel)
+        self.step_log = None  # file object of --step-log (data parallel)
 
     # ------------------------------------------------------------------ checkpoints
     def _own_positions(self, offsets: Mapping[str, int], where: Any) -> dict[str, int]:
@@ -200,8 +210,19 @@ class Pipeline:
         return {k: int(v) for k, v in offsets.items()}
 
     def restore(self) -> int | None:
-        """Load the newest valid checkpoint into the trainer; returns its version."""
-        ckpt = None if self.store is None else self.store.latest_checkpoint()
+        """Load the newest valid checkpoint into the trainer; returns its version. In a
+        data-parallel group rank 0 reads it and broadcasts its bytes to the other ranks."""
+        if self.group.distributed:
+            found = self.store.latest_payload() if self.store is not None else None
+            mine = None if self.group.rank else (found[1] if found else b"")
+            blob = self.group.broadcast_bytes(mine)  # b"": rank 0 has no checkpoint
+            ckpt = parse_checkpoint(blob, found[0] if found else Path("rank-0")) if blob else None
+        else:
+            ckpt = None if self.store is None else self.store.latest_checkpoint()
+        if ckpt is None and self.group.distributed:
+            self.initial_state = self.trainer.state_dict()
+            self._restore_evaluator(None)
+            return None
         if ckpt is None:
             self.initial_state = self.trainer.state_dict() if self.store is not None else None
             self._restore_evaluator(None)
@@ -214,7 +235,7 @@ class Pipeline:
         log.info(
             "resuming from checkpoint %d in %s at %s (%d events applied)",
             ckpt.version,
-            self.store.directory,
+            self.store.directory if self.store is not None else "rank 0's directory",
             self.durable or "the beginning",
             self.trainer.events_applied,
         )
@@ -227,11 +248,17 @@ class Pipeline:
             self.trainer.load_state_dict(self.initial_state)
             self.counters, self.durable = Counter(), {}
         else:
-            durable = self._own_positions(ckpt.offsets, self.store.directory)
-            check_checkpoint_config(ckpt, self.trainer, self.store.directory)
+            where = self.store.directory if self.store is not None else "rank 0's directory"
+            durable = self._own_positions(ckpt.offsets, where)
+            check_checkpoint_config(ckpt, self.trainer, where)
             self.trainer.load_state_dict(ckpt.state)
-            self.counters = Counter(ckpt.meta.get("dead_letters", {}))
+            # In a group the checkpoint's counters and prequential sums restart on rank 0 only:
+            # a checkpoint adds up every rank's.
+            first = self.group.rank == 0
+            self.counters = Counter(ckpt.meta.get("dead_letters", {}) if first else {})
             self.durable = durable
+            if not first:
+                ckpt = None
         self._restore_evaluator(ckpt)
 
     def _restore_evaluator(self, ckpt: Checkpoint | None) -> None:
@@ -264,9 +291,78 @@ class Pipeline:
 
     def checkpoint(self, extra: Mapping[str, int] | None = None, *, why: str) -> dict[str, int]:
         """Write a checkpoint of the trainer and the positions; returns the positions."""
+        if self.group.distributed:
+            return self._group_checkpoint(why=why)
         assert self.source is not None and self.store is not None
         t = time.perf_counter()
         offsets = {**self.durable, **self.source.positions(), **(extra or {})}
+        state = self.trainer.state_dict()
+        return self._write_checkpoint(state, offsets, self.counters, self.evaluator, why, t)
+
+    def _group_checkpoint(self, *, why: str) -> dict[str, int]:
+        """Collective checkpoint: rank 0 gathers every rank's user state, positions, dead-letter
+        counters and prequential sums, writes one checkpoint, and tells the others whether it
+        is durable (a rank commits its offsets only then).
+
+        Raises:
+            CheckpointWriteError: on every rank when rank 0's directory refused the write.
+        """
+        assert self.source is not None
+        t = time.perf_counter()
+        group = self.group
+        state = self.trainer.group_state_dict()
+        mine = {
+            "positions": self.source.positions(),
+            "dead_letters": dict(self.counters),
+            "prequential": None if self.evaluator is None else self.evaluator.state(),
+        }
+        parts = group.gather_bytes(json.dumps(mine).encode("utf-8"))
+        failure = ""
+        offsets: dict[str, int] = {}
+        if parts is not None:  # rank 0
+            ranks = [json.loads(p.decode("utf-8")) for p in parts]
+            offsets = dict(self.durable)
+            counters: Counter[str] = Counter()
+            for r in ranks:
+                offsets.update(r["positions"])
+                counters.update(r["dead_letters"])
+            evaluator = None
+            if self.evaluator is not None:
+                evaluator = Prequential.merged(
+                    [Prequential.from_state(r["prequential"]) for r in ranks if r["prequential"]]
+                )
+            try:
+                self._write_checkpoint(state, offsets, counters, evaluator, why, t)
+            except CheckpointWriteError as exc:
+                failure = exc.reason
+        reply = group.broadcast_bytes(
+            json.dumps({"failure": failure, "offsets": offsets}).encode("utf-8")
+            if group.rank == 0
+            else None
+        )
+        answer = json.loads(reply.decode("utf-8"))
+        if answer["failure"]:
+            raise CheckpointWriteError(
+                self.store.directory if self.store is not None else Path("rank 0"),
+                answer["failure"],
+            )
+        if group.rank != 0:
+            self.durable = {k: int(v) for k, v in answer["offsets"].items()}
+            self.has_checkpoint = True
+            self.since_checkpoint = 0
+            self.last_checkpoint_t = self.clock()
+        return self.durable
+
+    def _write_checkpoint(
+        self,
+        state: dict[str, Any],
+        offsets: dict[str, int],
+        counters: Mapping[str, int],
+        evaluator: Prequential | None,
+        why: str,
+        t: float,
+    ) -> dict[str, int]:
+        assert self.source is not None and self.store is not None
         summary = self.trainer.summary()
         created = time.time()
         meta = {
@@ -274,12 +370,13 @@ class Pipeline:
             "group": self.source.group,
             "reason": why,
             "created_at": created,
-            "dead_letters": dict(self.counters),
-            "dead_letters_total": int(sum(self.counters.values())),
-            "prequential": None if self.evaluator is None else self.evaluator.state(),
+            "dead_letters": dict(counters),
+            "dead_letters_total": int(sum(counters.values())),
+            "prequential": None if evaluator is None else evaluator.state(),
+            "world_size": self.group.world_size,
             **summary,
         }
-        path = self.store.save(self.trainer.state_dict(), offsets, meta)
+        path = self.store.save(state, offsets, meta)
         seconds = time.perf_counter() - t
         self.durable = offsets
         self.has_checkpoint = True
@@ -415,8 +512,8 @@ class Pipeline:
             if self.dead_letters is not None:
                 self.dead_letters.write(dead)
         stats, step_s, n = None, 0.0, len(batch)
-        if n:
-            if self.evaluator is not None:
+        if n or self.group.distributed:  # a rank of a group joins every step, even empty
+            if self.evaluator is not None and n:
                 te = time.perf_counter()
                 ranked_at, before = time.time(), (self.evaluator.count, self.evaluator.ndcg)
                 self.evaluator.rank_and_update(trainer, batch.users, batch.items)
@@ -437,8 +534,11 @@ class Pipeline:
                 self.seconds[key] += value
             if not math.isnan(stats["loss"]):
                 self.loss = stats["loss"]
-            newest = float(np.max(batch.times))
-            self.watermark = newest if self.watermark is None else max(self.watermark, newest)
+            if stats["group_events"]:
+                self._log_step(batch)
+            if n:
+                newest = float(np.max(batch.times))
+                self.watermark = newest if self.watermark is None else max(self.watermark, newest)
         applied_at = time.time()
         batch_s = time.perf_counter() - t0
         self.records += batch.records
@@ -475,6 +575,29 @@ class Pipeline:
             )
         if self.on_batch is not None:
             self.on_batch(BatchReport(batch, applied_at, step_s, batch_s, stats))
+
+    def _log_step(self, batch: EventBatch) -> None:
+        """One line of the step log (data parallel, ``step_log`` set): the group step's index
+        and this rank's events in the order learned, so a one-process reference can replay
+        the union batches (rank order) exactly."""
+        self.group_steps += 1
+        if self.step_log is None:
+            return
+        line = {
+            "step": self.group_steps - 1,
+            "rank": self.group.rank,
+            "users": batch.users.tolist(),
+            "items": batch.items.tolist(),
+            "times": batch.times.tolist(),
+            "weights": batch.weights.tolist(),
+        }
+        self.step_log.write(json.dumps(line) + "\n")
+        self.step_log.flush()
+
+    def _agree(self, *flags: bool | int) -> list[int]:
+        """Each flag summed over the group's ranks (one small all-reduce)."""
+        values = torch.tensor([int(f) for f in flags], dtype=torch.int64)
+        return [int(v) for v in self.group.all_reduce_sum(values)]
 
     # ------------------------------------------------------------------ the loop
     def run(self, source: EventSource, *, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -522,8 +645,13 @@ class Pipeline:
                     desc="run" if live else "replay",
                     dynamic_ncols=True,
                 )
-            stopped_by = self._loop(source, stop, bar)
-            if self.dirty():
+            if self.group.distributed:
+                stopped_by = self._group_loop(source, stop, bar)
+                dirty = self._agree(self.dirty())[0] > 0  # rank 0 knows
+            else:
+                stopped_by = self._loop(source, stop, bar)
+                dirty = self.dirty()
+            if dirty:
                 self.checkpoint_and_commit(why=stopped_by)
             if live:
                 self.metrics.set_lag(source.lag())
@@ -602,6 +730,56 @@ class Pipeline:
             if live:
                 self._monitor(source, now)
         return "stop"
+
+    def _group_loop(self, source: EventSource, stop: threading.Event, bar: Any) -> str:
+        """The loop of one rank of a data-parallel group: every iteration each rank reads its
+        own partitions (possibly nothing), every rank joins the learning step, and one
+        all-reduce of a few flags makes the group agree on what happens next: stop when any
+        rank was asked to, end when no rank's source has more, idle when every rank was idle,
+        checkpoint when rank 0 says it is due."""
+        cfg, live = self.config, source.total is None
+        t_start = last_record_t = self.clock()
+        ended = capped = False
+        while True:
+            batch = None
+            if cfg.max_records is not None and self.records >= cfg.max_records:
+                capped = True
+            if not (ended or capped):
+                limit = cfg.max_batch
+                if cfg.max_records is not None:
+                    limit = min(limit, cfg.max_records - self.records)
+                batch = source.next_batch(limit, cfg.batch_timeout_ms)
+                ended = batch is None
+            batch = batch if batch is not None else EventBatch.empty()
+            now = self.clock()
+            self.process(batch, live=live)
+            if batch.records:
+                if bar is not None:
+                    bar.update(len(batch))
+                last_record_t = now = self.clock()
+            else:
+                if self.publisher is not None:
+                    self.publisher.observe(
+                        self.trainer, watermark=self.watermark, offsets=self.reflected()
+                    )
+                if live and not self._broker_up(source):
+                    last_record_t = now
+            idle = self._idle_too_long(now, max(last_record_t, self.assigned_at or t_start), live)
+            stopping, reading, idle_ranks, due, capped_ranks = self._agree(
+                stop.is_set(), not (ended or capped), idle, self._checkpoint_due(now), capped
+            )
+            if stopping:
+                return "stop"
+            if not reading:
+                return "max_records" if capped_ranks else "end"
+            if idle_ranks == self.group.world_size:
+                return "idle"
+            if due:
+                self.checkpoint_and_commit(why="periodic")
+            if self.timeseries is not None:
+                self.timeseries.maybe_record(self)
+            if live:
+                self._monitor(source, now)
 
     def _broker_up(self, source: EventSource) -> bool:
         """The source's view of its broker (probed at most once per probe interval); True for

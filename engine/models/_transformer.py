@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.models.base import dropout
+from engine.models.draws import KeyedDraws
 
 __all__ = [
     "BLOCK_STYLES",
@@ -219,7 +220,8 @@ class SelfAttention(nn.Module):
             bias = torch.cat([bias, layout.pad_bias.expand(B, 1, T, 1)], dim=3)  # (B,1,T,T+1)
         if self.training and self.attn_dropout > 0:
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // H)) + bias
-            weights = dropout(scores.softmax(-1), self.attn_dropout, True, generator)  # (B,H,T,T)
+            draws = generator.attention(B, H, T) if isinstance(generator, KeyedDraws) else generator
+            weights = dropout(scores.softmax(-1), self.attn_dropout, True, draws)  # (B,H,T,T)
             out = weights @ v  # (B, H, T, Dh)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, Dh)
@@ -259,8 +261,10 @@ class TransformerBlock(nn.Module):
         self.ffn_in = nn.Linear(dim, ffn_dim)
         self.ffn_out = nn.Linear(ffn_dim, dim)
 
-    def forward(self, x: Tensor, layout: Layout, generator: torch.Generator | None) -> Tensor:
-        """Packed ``x (M, D)`` → packed ``(M, D)``."""
+    def forward(
+        self, x: Tensor, layout: Layout, generator: torch.Generator | KeyedDraws | None
+    ) -> Tensor:
+        """Packed ``x (M, D)`` → packed ``(M, D)``; ``generator`` may be keyed draws."""
         pad_kv = None
         if layout.pad_bias is not None:  # padded positions hold 0 in the residual stream
             zero = x.new_zeros(1, x.shape[-1])
@@ -273,8 +277,11 @@ class TransformerBlock(nn.Module):
             ffn_input = self.ffn_norm(x)  # (M, D)
         h = self.ffn_in(ffn_input)  # (M, F)
         h = F.relu(h) if self.activation == "relu" else F.gelu(h)
-        h = dropout(h, self.dropout_p, self.training, generator)
-        h = dropout(self.ffn_out(h), self.dropout_p, self.training, generator)  # (M, D)
+        draws = generator
+        if isinstance(generator, KeyedDraws) and self.training and self.dropout_p > 0:
+            draws = generator.tokens(layout.seqs, layout.index)  # (M,) keys
+        h = dropout(h, self.dropout_p, self.training, draws)
+        h = dropout(self.ffn_out(h), self.dropout_p, self.training, draws)  # (M, D)
         return x + h  # (M, D)
 
 

@@ -26,6 +26,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from engine.models.draws import KeyedDraws, Keys
+
 __all__ = [
     "Batch",
     "Recommender",
@@ -63,6 +65,9 @@ class Recommender(nn.Module, ABC):
     num_items: int
     num_users: int
     sequential: ClassVar[bool]
+    #: Whether :meth:`loss_terms` accepts a :class:`~engine.models.draws.KeyedDraws` in place of
+    #: the generator (needed by data-parallel online training, see :mod:`engine.models.draws`).
+    supports_keyed_draws: ClassVar[bool] = False
 
     @abstractmethod
     def loss(self, batch: Batch, generator: torch.Generator) -> Tensor:
@@ -73,6 +78,16 @@ class Recommender(nn.Module, ABC):
             generator: source of all randomness in this step (negatives, dropout, masking).
                 Must live on the model's device.
         """
+
+    def loss_terms(
+        self, batch: Batch, generator: torch.Generator | KeyedDraws
+    ) -> tuple[Tensor, int]:
+        """``(summed loss, number of terms)`` of a batch, so that several processes' parts of
+        one batch can be divided by the whole batch's count: ``loss == sum / count``.
+
+        Models with ``supports_keyed_draws`` implement it; others raise.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement loss_terms")
 
     @abstractmethod
     def user_repr(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
@@ -203,10 +218,14 @@ def check_sizes(num_items: int, num_users: int, *, need_users: bool = False) -> 
         raise ValueError(f"num_users must be >= {1 if need_users else 0}, got {num_users}")
 
 
-def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None) -> Tensor:
+def dropout(
+    x: Tensor, p: float, training: bool, generator: torch.Generator | Keys | None
+) -> Tensor:
     """Inverted dropout drawing its mask from ``generator`` (``F.dropout`` cannot take one).
 
-    Identity when not training or ``p == 0``. In training with ``p > 0`` a generator is required.
+    Identity when not training or ``p == 0``. In training with ``p > 0`` a generator is required:
+    a ``torch.Generator``, or :class:`~engine.models.draws.Keys` of ``x``'s leading dimensions
+    (keyed draws, see :mod:`engine.models.draws`).
     """
     if not training or p == 0.0:
         return x
@@ -221,10 +240,13 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
     threshold = max(round((1.0 - p) * 65536), 1)  # kept iff (u16 + 32768) < threshold
     if threshold >= 65536:
         return x
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    words.random_(-(2**63), None, generator=generator)  # full 64-bit range
-    u16 = words.view(torch.int16)[:n].view(x.shape)  # uniform over int16, same shape as x
+    if isinstance(generator, Keys):
+        u16 = generator.uint16(x.shape[-1])  # (*x.shape), keyed by position
+    else:
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+        words.random_(-(2**63), None, generator=generator)  # full 64-bit range
+        u16 = words.view(torch.int16)[:n].view(x.shape)  # uniform over int16, same shape as x
     mask = (u16 < threshold - 32768).to(x.dtype).mul_(65536.0 / threshold)  # 0 or 1/keep
     return x * mask  # a float-mask product is ~4x faster than torch.where on CPU
 
@@ -232,14 +254,21 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
 def sample_negatives(
     shape: tuple[int, ...] | torch.Size,
     num_items: int,
-    generator: torch.Generator,
+    generator: torch.Generator | Keys,
     device: torch.device,
 ) -> Tensor:
     """Uniform negatives over ``1..num_items`` (never the padding index 0).
 
+    ``generator`` is a ``torch.Generator`` or the :class:`~engine.models.draws.Keys` of the
+    ``shape`` positions (keyed draws).
+
     Collisions with the positive item are possible (probability ``1/num_items`` each) and are
     kept, as in SASRec.pytorch and most BPR implementations: they only add a little noise.
     """
+    if isinstance(generator, Keys):
+        if tuple(generator.keys.shape) != tuple(shape):
+            raise ValueError(f"keys of shape {tuple(generator.keys.shape)} for {tuple(shape)}")
+        return generator.integers(1, num_items + 1)
     return torch.randint(1, num_items + 1, tuple(shape), generator=generator, device=device)
 
 

@@ -37,6 +37,7 @@ from engine.models.base import (
     split_inputs_targets,
     zero_loss,
 )
+from engine.models.draws import KeyedDraws
 
 __all__ = ["SASRec", "SASRecConfig"]
 
@@ -105,6 +106,7 @@ class SASRec(TiedItemTableRecommender):
     """
 
     sequential = True  # user_repr encodes the recent items (see Recommender.sequential)
+    supports_keyed_draws = True
 
     def __init__(
         self,
@@ -167,13 +169,44 @@ class SASRec(TiedItemTableRecommender):
         items = layout.seqs.reshape(-1)[layout.index]  # (M,)
         positions = recency_positions(layout.seqs).reshape(-1)[layout.index]  # (M,)
         x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb(positions)  # (M, D)
-        x = dropout(x, self.config.dropout, self.training, generator)  # (M, D)
+        draws = generator
+        if isinstance(generator, KeyedDraws):
+            draws = generator.tokens(layout.seqs, layout.index)  # (M,) keys
+        x = dropout(x, self.config.dropout, self.training, draws)  # (M, D)
         return self.encoder(x, layout, generator), layout  # (M, D)
 
     # --------------------------------------------------------------------------- train head
 
     def loss(self, batch: Batch, generator: torch.Generator) -> Tensor:
         """BCE with one uniform negative per position whose input and target are both items."""
+        logits = self._logits(batch, generator)
+        if isinstance(logits, Tensor):
+            return logits  # no position to train: a zero connected to the graph
+        pos_logits, neg_logits = logits
+        return F.binary_cross_entropy_with_logits(
+            pos_logits, torch.ones_like(pos_logits)
+        ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+
+    def loss_terms(
+        self, batch: Batch, generator: torch.Generator | KeyedDraws
+    ) -> tuple[Tensor, int]:
+        """``(sum over positions of BCE(positive) + BCE(negative), positions)``."""
+        logits = self._logits(batch, generator)
+        if isinstance(logits, Tensor):
+            return logits, 0
+        pos_logits, neg_logits = logits
+        total = F.binary_cross_entropy_with_logits(
+            pos_logits, torch.ones_like(pos_logits), reduction="sum"
+        ) + F.binary_cross_entropy_with_logits(
+            neg_logits, torch.zeros_like(neg_logits), reduction="sum"
+        )
+        return total, int(pos_logits.shape[0])
+
+    def _logits(
+        self, batch: Batch, generator: torch.Generator | KeyedDraws
+    ) -> tuple[Tensor, Tensor] | Tensor:
+        """``(positive logits (M',), negative logits (M',))`` of the positions whose input and
+        target are both items, or a connected zero when there is none."""
         inputs, targets = split_inputs_targets(batch["seqs"])  # (B, T) each
         h, layout = self.encode_packed(inputs, generator)  # (M, D)
         trim = inputs.shape[1] - layout.seqs.shape[1]
@@ -182,12 +215,13 @@ class SASRec(TiedItemTableRecommender):
         h, pos = h[valid], pos[valid]  # (M', D), (M',)
         if h.shape[0] == 0:
             return zero_loss(h, self.item_emb.weight)
-        neg = sample_negatives(pos.shape, self.num_items, generator, pos.device)  # (M',)
+        draws = generator
+        if isinstance(generator, KeyedDraws):
+            draws = generator.tokens(layout.seqs, layout.index)[valid]  # (M',) keys
+        neg = sample_negatives(pos.shape, self.num_items, draws, pos.device)  # (M',)
         pos_logits = (h * self.item_emb(pos)).sum(-1)  # (M',)
         neg_logits = (h * self.item_emb(neg)).sum(-1)  # (M',)
-        return F.binary_cross_entropy_with_logits(
-            pos_logits, torch.ones_like(pos_logits)
-        ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+        return pos_logits, neg_logits
 
     # ----------------------------------------------------------------------- inference head
 

@@ -21,7 +21,10 @@ import torch
 
 from engine.config import OnlineConfig
 from engine.models import Recommender, build_model, model_class
+from engine.models.base import zero_loss
+from engine.models.draws import KeyedDraws
 from engine.online import ranking
+from engine.online.collective import Collective, SingleProcess, pack_arrays, unpack_arrays
 from engine.online.graph_updates import batch_edges
 from engine.online.ids import PAD_ID, IdMaps, as_str_array
 from engine.online.layout import build_layout
@@ -138,6 +141,9 @@ class OnlineTrainer:
 
     Args:
         config: settings; ``None`` uses :class:`~engine.config.OnlineConfig` defaults.
+        collective: the data-parallel group this trainer is one rank of (default: a single
+            process). Every rank holds the same model, optimizer state, id maps and graph;
+            each learns its own events' users (see :meth:`learn_many`).
 
     Attributes:
         config: the settings.
@@ -145,12 +151,19 @@ class OnlineTrainer:
         optimizer: ``SEvoAdamW`` (smoothing group = the item table when ``optimizer`` is
             ``"sevo-adamw"``).
         graph: the live :class:`~graph_store.ItemGraph` over item rows (row 0 = padding).
-        generator: the ``torch.Generator`` of every training step (negatives, dropout).
-        events_applied: events learned so far (with ``decay_unit="events"`` also the clock of
-            the graph's edge decay).
+        generator: the ``torch.Generator`` of every training step. Models with keyed draws
+            (SASRec) take one seed per optimizer step from it and key their negatives and
+            dropout masks by (seed, user row, position), so a batch split across ranks draws
+            what the whole batch would (:mod:`engine.models.draws`); other models draw their
+            randomness from it directly (single process only).
+        events_applied: events learned so far by the whole group (with
+            ``decay_unit="events"`` also the clock of the graph's edge decay).
     """
 
-    def __init__(self, config: OnlineConfig | None = None) -> None:
+    def __init__(
+        self, config: OnlineConfig | None = None, collective: Collective | None = None
+    ) -> None:
+        self.collective = collective if collective is not None else SingleProcess()
         self.config = cfg = config if config is not None else OnlineConfig()
         self._ids = IdMaps()
         self._users = UserState(cfg.maxlen + 1, cfg.max_users_state, cfg.exclude_history == "all")
@@ -159,6 +172,11 @@ class OnlineTrainer:
         self.graph = ItemGraph(2, cfg.half_life)
         self.model = _build_model(cfg, 1, 1)
         self.optimizer = self._build_optimizer()
+        if self.collective.distributed and not self.model.supports_keyed_draws:
+            raise ValueError(
+                f"data-parallel training needs a model with keyed random draws; {cfg.model!r} "
+                "has none (use sasrec, or one process)"
+            )
 
     def _build_optimizer(self) -> SEvoAdamW:
         """SEvo-AdamW with the item table in a group of its own, smoothed over the live graph
@@ -258,33 +276,54 @@ class OnlineTrainer:
         B = users_s.shape[0]
         stats: dict[str, Any] = {
             "events": B,
+            "group_events": B,
             "new_items": 0,
             "new_users": 0,
             "trained_users": 0,
             "loss": float("nan"),
             "seconds": {"ids": 0.0, "graph": 0.0, "state": 0.0, "train": 0.0},
         }
-        if B == 0:
+        # (0) the group's batch: every rank's events in rank order (ids are agreed on it).
+        group = self.collective
+        all_users = group.all_gather_strings(users_s)
+        all_items = group.all_gather_strings(items_s)
+        sizes = [u.shape[0] for u in all_users]
+        offset, total = sum(sizes[: group.rank]), sum(sizes)
+        stats["group_events"] = total
+        if total == 0:
             return stats
 
         # (1) ids → rows; grow model, optimizer state (lazily, on its next step) and graph.
-        item_rows, new_items, user_rows, new_users = self._ids.assign(users_s, items_s)
+        union_items, union_users = (
+            (np.concatenate(all_items), np.concatenate(all_users))
+            if group.distributed
+            else (items_s, users_s)
+        )
+        union_item_rows, new_items, union_user_rows, new_users = self._ids.assign(
+            union_users, union_items
+        )
+        item_rows = union_item_rows[offset : offset + B]
+        user_rows = union_user_rows[offset : offset + B]
         self._grow()
         stats["new_items"], stats["new_users"] = new_items, new_users
         t1 = time.perf_counter()
 
         # (2) graph edges to each event's previous H items (this batch's earlier ones included),
         # stamped with the decay clock: event time, or the running count of learned events.
+        # Each rank lays out its own users; every rank adds every rank's edges.
         uniq_users = np.unique(user_rows)
         slots = self._users.slots_for(uniq_users)
         lay = build_layout(user_rows, item_rows, self._users.slot_windows(slots))
-        stamps = self._decay_stamps(times_a)
-        self.graph.add_edges(*batch_edges(lay, item_rows, weights_a, stamps, self.config.hops))
+        stamps = self._decay_stamps(times_a, offset)
+        edges = batch_edges(lay, item_rows, weights_a, stamps, self.config.hops)
+        if group.distributed:
+            edges = tuple(np.concatenate(group.all_gather_arrays(part)) for part in edges)
+        self.graph.add_edges(*edges)
         t2 = time.perf_counter()
 
         # (3) user state: the last W items of each user's block become its window.
         self._users.record(slots, lay)
-        self._ids.count_events(item_rows)
+        self._ids.count_events(union_item_rows)
         t3 = time.perf_counter()
 
         # (4) a few optimizer steps on the touched users' recent sequences.
@@ -294,10 +333,10 @@ class OnlineTrainer:
         t4 = time.perf_counter()
 
         self._users.advance()
-        self.events_applied += B
+        self.events_applied += total
         if (
             self.events_applied // PRUNE_EVERY_EVENTS
-            > (self.events_applied - B) // PRUNE_EVERY_EVENTS
+            > (self.events_applied - total) // PRUNE_EVERY_EVENTS
         ):
             self.prune_graph()
         stats["seconds"] = {"ids": t1 - t0, "graph": t2 - t1, "state": t3 - t2, "train": t4 - t3}
@@ -318,12 +357,14 @@ class OnlineTrainer:
         stats = self.graph.compact(min_weight=cfg.prune_below)
         return stats["nnz_before"] - stats["nnz_after"]
 
-    def _decay_stamps(self, times: np.ndarray) -> np.ndarray:
+    def _decay_stamps(self, times: np.ndarray, offset: int = 0) -> np.ndarray:
         """The decay clock of a batch's events: their times (``decay_unit="seconds"``) or, with
-        ``"events"``, ``events_applied + 1 .. events_applied + B`` (the running count of learned
-        events, which the state dict keeps, so a restored trainer continues the clock)."""
+        ``"events"``, their running count among learned events (the state dict keeps it, so a
+        restored trainer continues the clock); ``offset`` = the group batch's events before
+        this rank's."""
         if self.config.decay_unit == "events":
-            return float(self.events_applied) + np.arange(1, times.shape[0] + 1, dtype=np.float64)
+            start = float(self.events_applied + offset)
+            return start + np.arange(1, times.shape[0] + 1, dtype=np.float64)
         return times
 
     def _grow(self) -> None:
@@ -352,24 +393,74 @@ class OnlineTrainer:
             FloatingPointError: the loss is not finite (training diverged).
         """
         trainable = (seqs != 0).sum(axis=1) >= 2
-        if not trainable.any():
+        group = self.collective
+        keyed = self.model.supports_keyed_draws
+        if group.distributed:
+            n_trainable = int(group.all_reduce_sum(torch.tensor([int(trainable.sum())]))[0])
+        else:
+            n_trainable = int(trainable.sum())
+        if n_trainable == 0:
             return 0, float("nan")
-        batch = {
-            "users": torch.from_numpy(users[trainable]),
-            "seqs": torch.from_numpy(seqs[trainable]),
-        }
+        users_t = torch.from_numpy(users[trainable])
+        batch = {"users": users_t, "seqs": torch.from_numpy(seqs[trainable])}
         self.model.train()
         losses = []
         for _ in range(self.config.steps_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.model.loss(batch, self.generator)
-            loss.backward()
+            if keyed:
+                losses.append(self._keyed_step(batch, bool(trainable.any())))
+            else:
+                loss = self.model.loss(batch, self.generator)
+                loss.backward()
+                losses.append(float(loss.detach()))
             self.optimizer.step()
-            losses.append(float(loss.detach()))
         mean_loss = float(np.mean(losses))
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"online training diverged (loss {mean_loss})")
         return int(trainable.sum()), mean_loss
+
+    def _keyed_step(self, batch: dict[str, torch.Tensor], has_rows: bool) -> float:
+        """Gradients of one step of the group's batch, summed over ranks and divided by the
+        group's number of loss terms; returns the group's loss.
+
+        The step's seed is drawn from :attr:`generator` (the same on every rank) and keys the
+        model's random draws by user row, so N ranks stepping parts of a batch compute the
+        gradient one process would compute on the whole. One all-reduce carries the term
+        count, then one carries every gradient, a has-gradient flag per parameter and the loss.
+        """
+        group = self.collective
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if has_rows:
+            total, count = self.model.loss_terms(batch, KeyedDraws(seed, batch["users"]))
+        else:  # a rank without trainable users still joins the step's exchanges
+            total, count = zero_loss(*params), 0
+        count_all = (
+            int(group.all_reduce_sum(torch.tensor([count]))[0]) if group.distributed else count
+        )
+        (total / max(count_all, 1)).backward()
+        if group.distributed:
+            flat = torch.cat(
+                [
+                    *(
+                        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                        for p in params
+                    ),
+                    torch.tensor([p.grad is not None for p in params], dtype=params[0].dtype),
+                    total.detach().reshape(1).to(params[0].dtype),
+                ]
+            )
+            group.all_reduce_sum(flat)
+            offset, n = 0, len(params)
+            flags = flat[-1 - n : -1]
+            for k, p in enumerate(params):
+                size = p.numel()
+                p.grad = flat[offset : offset + size].view_as(p) if bool(flags[k] > 0) else None
+                offset += size
+            loss_sum = float(flat[-1])
+        else:
+            loss_sum = float(total.detach())
+        return loss_sum / max(count_all, 1)
 
     # ------------------------------------------------------------------ prequential ranking
     def rank_before_learning(
@@ -455,6 +546,31 @@ class OnlineTrainer:
             "events_applied": int(self.events_applied),
         }
 
+    def group_state_dict(self) -> dict[str, Any] | None:
+        """Collective (every rank calls it): the group's state on rank 0, ``None`` elsewhere.
+
+        Model, optimizer, graph and id maps are the same on every rank; each rank keeps the
+        windows of its own users, so rank 0 gathers every rank's user state and merges it
+        (:meth:`UserState.merged <engine.online.users.UserState.merged>`). One process returns
+        :meth:`state_dict`.
+        """
+        group = self.collective
+        if not group.distributed:
+            return self.state_dict()
+        mine = pack_arrays(self._users.state_arrays(self.num_users))
+        parts = group.gather_bytes(mine)
+        if parts is None:
+            return None
+        cfg = self.config
+        merged = UserState.merged(
+            [unpack_arrays(b) for b in parts],
+            cfg.maxlen + 1,
+            cfg.max_users_state,
+            cfg.exclude_history == "all",
+            self.num_users,
+        )
+        return {**self.state_dict(), **_tensors(merged.state_arrays(self.num_users))}
+
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> OnlineTrainer:
         """Rebuild a trainer from :meth:`state_dict`; it continues bit for bit."""
@@ -464,7 +580,7 @@ class OnlineTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replace this trainer's whole state (config included) with ``state`` in place."""
-        self.__init__(OnlineConfig.from_dict(state["config"]))
+        self.__init__(OnlineConfig.from_dict(state["config"]), self.collective)
         self._restore(state)
 
     def _restore(self, state: dict[str, Any]) -> None:

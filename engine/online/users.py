@@ -204,6 +204,59 @@ class UserState:
         }
 
     @classmethod
+    def merged(
+        cls,
+        states: list[dict[str, Any]],
+        window: int,
+        capacity: int,
+        keep_histories: bool,
+        num_users: int,
+    ) -> UserState:
+        """One state from the :meth:`state_arrays` of the ranks of a data-parallel group.
+
+        Every rank starts from the same restored state and records only its own users, and
+        every rank advances the same tick, so for each user the copy seen last (largest
+        ``last_seen``; the first rank on ties, whose copies are equal) is the current one.
+        When more users than ``capacity`` remain, the least recently seen go.
+        """
+        users_parts, windows, last, rank_of, slot_in = [], [], [], [], []
+        for r, st in enumerate(states):
+            kept = np.flatnonzero(st["slot_user"] >= 0)
+            users_parts.append(st["slot_user"][kept])
+            windows.append(st["windows"][kept])
+            last.append(st["last_seen"][kept])
+            rank_of.append(np.full(kept.size, r, dtype=np.int64))
+            slot_in.append(kept)
+        u = np.concatenate(users_parts) if users_parts else np.zeros(0, np.int64)
+        seen = np.concatenate(last) if last else np.zeros(0, np.int64)
+        ranks = np.concatenate(rank_of) if rank_of else np.zeros(0, np.int64)
+        order = np.lexsort((ranks, -seen, u))  # by user, newest first, lowest rank first
+        first = order[np.r_[True, u[order][1:] != u[order][:-1]]] if u.size else order
+        if first.size > capacity:  # keep the most recently seen (ties: lower user row)
+            first = first[np.lexsort((u[first], -seen[first]))[:capacity]]
+        first = first[np.argsort(u[first], kind="stable")]
+        out = cls(window, capacity, keep_histories)
+        out.reserve_users(num_users)
+        n = first.size
+        out._reserve_slots(n)
+        out.num_slots = n
+        all_windows = np.concatenate(windows) if windows else np.zeros((0, window), np.int64)
+        out.slot_user[:n] = u[first]
+        out.windows[:n] = all_windows[first]
+        out.last_seen[:n] = seen[first]
+        out.slot_of_user[u[first]] = np.arange(n, dtype=np.int64)
+        if keep_histories:
+            slots = np.concatenate(slot_in) if slot_in else np.zeros(0, np.int64)
+            for k, idx in enumerate(first.tolist()):
+                st = states[int(ranks[idx])]
+                ends = np.cumsum(st["history_lengths"])
+                s_idx = int(slots[idx])
+                start = int(ends[s_idx] - st["history_lengths"][s_idx])
+                out.histories[k] = st["history_values"][start : int(ends[s_idx])].copy()
+        out.tick = int(max((int(st["tick"]) for st in states), default=0))
+        return out
+
+    @classmethod
     def from_state_arrays(
         cls, state: dict[str, Any], window: int, capacity: int, keep_histories: bool
     ) -> UserState:

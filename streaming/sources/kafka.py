@@ -168,6 +168,10 @@ class KafkaConfig:
         max_future_s: an event time more than this after now is a dead letter.
         max_record_bytes: a record larger than this is a dead letter (``too_large``),
             undecoded (default :data:`streaming.events.MAX_RECORD_BYTES`).
+        rank, world_size: a rank of a data-parallel group reads the partitions ``p`` with
+            ``p % world_size == rank``, assigned directly (no group membership, so no
+            rebalance ever stalls a collective step); ``group`` then only names the offsets
+            committed for lag monitoring. ``world_size=1`` (the default) joins ``group``.
 
     Raises:
         ValueError: on any invalid setting, naming it.
@@ -192,9 +196,23 @@ class KafkaConfig:
     probe_every_s: float = 1.0
     max_future_s: float = 86_400.0
     max_record_bytes: int = MAX_RECORD_BYTES
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         parse_bootstrap(self.bootstrap)
+        if (
+            isinstance(self.world_size, bool)
+            or not isinstance(self.world_size, int)
+            or self.world_size < 1
+            or isinstance(self.rank, bool)
+            or not isinstance(self.rank, int)
+            or not 0 <= self.rank < self.world_size
+        ):
+            raise ValueError(
+                f"rank must be in 0..world_size-1 with world_size >= 1, got rank {self.rank!r} "
+                f"of {self.world_size!r}"
+            )
         check_topic(self.topic, "topic")
         if self.group is not None and (not isinstance(self.group, str) or not self.group.strip()):
             raise ValueError(f"group must be a non-empty string or None, got {self.group!r}")
@@ -385,7 +403,7 @@ class KafkaEventSource:
             sleep=sleep,
         )
         try:
-            if config.group is None:
+            if config.group is None or config.world_size > 1:
                 self._assign_all()
                 self._raise_callback_error()
             else:
@@ -411,7 +429,15 @@ class KafkaEventSource:
             raise StreamingError(
                 f"topic {self.config.topic!r} not found on {self.config.bootstrap}"
             )
-        tps = [TopicPartition(self.config.topic, p) for p in sorted(partitions)]
+        world, rank = self.config.world_size, self.config.rank
+        if len(partitions) < world:
+            raise StreamingError(
+                f"topic {self.config.topic!r} has {len(partitions)} partition(s) for "
+                f"{world} ranks: each rank needs at least one (add partitions or use fewer ranks)"
+            )
+        tps = [
+            TopicPartition(self.config.topic, p) for p in sorted(partitions) if p % world == rank
+        ]
         self._consumer.assign(tps)
         self._handle_assigned(tps)
 
