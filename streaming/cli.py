@@ -116,6 +116,98 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- sevo offline
+#: ``sevo offline`` flag dest → OfflineConfig field (the flags a preset's value may stand for).
+_OFFLINE_FIELDS = {
+    "epochs": "epochs",
+    "eval_every": "eval_every",
+    "patience": "patience",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "betas": "betas",
+    "maxlen": "maxlen",
+    "beta": "sevo_beta",
+    "L": "sevo_steps",
+    "category_weight": "category_weight",
+    "max_category_size": "max_category_size",
+    "device": "device",
+    "checkpoint_dir": "checkpoint_dir",
+    "checkpoint_every_epochs": "checkpoint_every_epochs",
+}
+
+
+def _parse_model_options(options: Sequence[str]) -> dict[str, Any]:
+    """``["dropout=0.4", "attend_padding=true", "block=pre-ln"]`` → typed model overrides."""
+    parsed: dict[str, Any] = {}
+    for option in options:
+        key, sep, raw = option.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-option wants KEY=VALUE, got {option!r}")
+        value: Any
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        parsed[key.replace("-", "_")] = value
+    return parsed
+
+
+def _offline_bases(args: argparse.Namespace) -> tuple[str, list[tuple[Any, list[str]]]]:
+    """The data set and ``[(base OfflineConfig, models)]`` of a ``sevo offline`` invocation.
+
+    Without ``--preset``: one base from the flags. With presets: one base per preset, each the
+    preset's values under the flags typed on the command line (a typed flag wins, an untyped
+    one's default does not replace a value the preset sets).
+    """
+    from engine.presets import PRESETS, given_options, preset_config
+
+    flags = {field: getattr(args, dest) for dest, field in _OFFLINE_FIELDS.items()}
+    flags["max_category_size"] = flags["max_category_size"] or None
+    if flags["betas"] is not None:
+        flags["betas"] = tuple(flags["betas"])
+    else:
+        del flags["betas"]
+    model_options = _parse_model_options(args.model_option)
+    given = given_options(args)
+    if not args.preset:
+        from engine.config import OfflineConfig
+
+        return args.data or "ml-100k", [
+            (OfflineConfig(**flags, model_overrides=model_options), list(args.model))
+        ]
+    if "model" in given:
+        raise ValueError("--preset names its model: leave out --model")
+    unknown = [name for name in args.preset if name not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {unknown}; known: {', '.join(PRESETS)}")
+    presets = [PRESETS[name] for name in args.preset]
+    models = [p.model for p in presets]
+    if len(set(models)) < len(models):
+        raise ValueError(
+            f"presets {args.preset} share a model, so their runs would share result files: "
+            "run them into separate --out directories"
+        )
+    datas = {p.data for p in presets}
+    if args.data is None and len(datas) > 1:
+        raise ValueError(f"presets {args.preset} are for different data sets: pass --data")
+    typed = {dest: field for dest, field in _OFFLINE_FIELDS.items() if dest in given}
+    bases = []
+    for p in presets:
+        values = {
+            field: value
+            for field, value in flags.items()
+            if field not in p.config or field in typed.values()
+        }
+        bases.append((preset_config(p, {**values, "model_overrides": model_options}), [p.model]))
+    return args.data or presets[0].data, bases
+
+
 def _cmd_offline(args: argparse.Namespace) -> int:
     import torch
 
@@ -126,28 +218,16 @@ def _cmd_offline(args: argparse.Namespace) -> int:
         run_grid,
         write_summary,
     )
-    from engine.train import OfflineConfig
 
     torch.set_num_threads(args.threads)
-    base = OfflineConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        maxlen=args.maxlen,
-        sevo_beta=args.beta,
-        sevo_steps=args.L,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        category_weight=args.category_weight,
-        max_category_size=args.max_category_size or None,
-        device=args.device,
-    )
-    configs = grid_configs(
-        base, models=args.model, optimizers=args.optimizer, graphs=args.graph, seeds=args.seeds
-    )
+    data, bases = _offline_bases(args)
+    configs = []
+    for base, models in bases:
+        configs += grid_configs(
+            base, models=models, optimizers=args.optimizer, graphs=args.graph, seeds=args.seeds
+        )
     results = run_grid(
-        args.data,
+        data,
         configs,
         args.out,
         core=args.core,
@@ -155,7 +235,7 @@ def _cmd_offline(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         resume=not args.no_resume,
     )
-    paper = PAPER_RESULTS.get(str(args.data))
+    paper = PAPER_RESULTS.get(str(data))
     summary = write_summary(args.out, results, paper)
     print(markdown_table(summary, paper), end="")
     print(f"results in {args.out}")
@@ -164,6 +244,7 @@ def _cmd_offline(args: argparse.Namespace) -> int:
 
 def _add_offline(sub: argparse._SubParsersAction) -> None:
     from engine.config import GRAPHS, MODEL_NAMES, OPTIMIZERS, OfflineConfig
+    from engine.presets import PRESETS, RecordGiven
 
     d = OfflineConfig()
     p = sub.add_parser(
@@ -171,51 +252,106 @@ def _add_offline(sub: argparse._SubParsersAction) -> None:
         help="train and evaluate offline (leave-one-out, full ranking), compare optimizers",
         description="Runs the SEvo paper's protocol: 5-core, leave-one-out, full ranking with the "
         "history excluded, test at the best-validation epoch; prints mean ± std over seeds and "
-        "paired tests of SEvo against AdamW.",
+        "paired tests of SEvo against AdamW. --preset starts from the SEvo authors' settings of "
+        "a model on a data set (engine/presets.py); flags typed next to it override them.",
     )
-    p.add_argument("--data", default="ml-100k", help="ml-100k, beauty, or a dataset path")
-    p.add_argument("--model", nargs="+", default=[d.model], choices=MODEL_NAMES)
+    given = {"action": RecordGiven}  # typed flags override a preset's values
+    p.add_argument(
+        "--data",
+        default=None,
+        help="ml-100k, beauty, or a dataset path (default: the preset's data set, else ml-100k)",
+    )
+    p.add_argument(
+        "--preset",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"start from named settings, one per model: {', '.join(PRESETS)}",
+    )
+    p.add_argument("--model", nargs="+", default=[d.model], choices=MODEL_NAMES, **given)
     # Both optimizers by default, AdamW first: the grid runs in this order.
     p.add_argument("--optimizer", nargs="+", default=sorted(OPTIMIZERS), choices=OPTIMIZERS)
     p.add_argument(
         "--graph", nargs="+", default=[d.graph], choices=GRAPHS, help="graph(s) SEvo smooths over"
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[d.seed])
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--epochs", type=int, default=d.epochs, **given)
+    p.add_argument("--eval-every", type=int, default=d.eval_every, **given)
     p.add_argument(
         "--patience",
         type=int,
         default=d.patience,
         help="stop after this many validations without improvement (None: never)",
+        **given,
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--maxlen", type=int, default=d.maxlen)
-    p.add_argument("--beta", type=float, default=d.sevo_beta, help="SEvo β")
-    p.add_argument("--L", type=int, default=d.sevo_steps, help="SEvo propagation steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, **given)
+    p.add_argument("--lr", type=float, default=d.lr, **given)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, **given)
+    p.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("BETA1", "BETA2"),
+        help=f"AdamW betas (default: the preset's, else {d.betas[0]} {d.betas[1]})",
+        **given,
+    )
+    p.add_argument("--maxlen", type=int, default=d.maxlen, **given)
+    p.add_argument("--beta", type=float, default=d.sevo_beta, help="SEvo β", **given)
+    p.add_argument("--L", type=int, default=d.sevo_steps, help="SEvo propagation steps", **given)
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model config field (repeatable), e.g. dropout=0.4, block=pre-ln; over a "
+        "preset's model settings",
+    )
     p.add_argument(
         "--category-weight",
         type=float,
         default=d.category_weight,
         help="weight of the category graph in --graph both "
         "(None: balance the total weights of the two graphs)",
+        **given,
     )
     p.add_argument(
         "--max-category-size",
         type=int,
         default=d.max_category_size,
         help="ignore categories with more items than this (0 keeps all)",
+        **given,
     )
     p.add_argument("--core", type=int, default=5, help="k-core filter (0 disables)")
     p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument(
-        "--device", default=d.device, help="torch device for training and evaluation (e.g. cuda)"
+        "--device",
+        default=d.device,
+        help="torch device for training and evaluation (e.g. cuda)",
+        **given,
     )
     p.add_argument("--out", type=Path, default=Path("results/offline"))
-    p.add_argument("--no-resume", action="store_true", help="re-run finished runs")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where each run checkpoints (one subdirectory per run; default: OUT/checkpoints); "
+        "a stopped grid continues its unfinished runs from their last checkpoint",
+        **given,
+    )
+    p.add_argument(
+        "--checkpoint-every-epochs",
+        type=int,
+        default=d.checkpoint_every_epochs,
+        help="checkpoint a run every this many epochs (and after its last)",
+        **given,
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="re-run finished runs and restart unfinished ones from epoch 1",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_offline)
 
@@ -669,7 +805,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             sink = JsonlDeadLetterSink(
                 path if rank == 0 else path.with_name(f"{path.name}.rank{rank}")
             )
-        publisher = publisher_from_args(args, metrics) if rank == 0 else None
+        # rank 0 publishes the shared item table; every rank publishes its own users
+        publisher = publisher_from_args(args, metrics, items=rank == 0)
         if args.step_log is not None and group is not None:
             args.step_log.mkdir(parents=True, exist_ok=True)
             step_log = open(args.step_log / f"steps-rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115

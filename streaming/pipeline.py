@@ -565,6 +565,8 @@ class Pipeline:
                 batch.users if n else (),
                 watermark=self.watermark,
                 offsets=self.reflected(),
+                # in a group the model changes with the other ranks' events too
+                learned=bool(n or (stats is not None and stats["group_events"])),
             )
         if self.events == 0 and self.records and not self._warned_all_dead:
             self._warned_all_dead = True

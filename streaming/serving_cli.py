@@ -141,8 +141,9 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def publisher_from_args(args: argparse.Namespace, metrics: Any = None):
-    """An :class:`~streaming.serving.EmbeddingPublisher`, or None without ``--redis-url``.
+def publisher_from_args(args: argparse.Namespace, metrics: Any = None, *, items: bool = True):
+    """An :class:`~streaming.serving.EmbeddingPublisher`, or None without ``--redis-url``;
+    ``items=False`` publishes user vectors only (the ranks of a data-parallel group but 0).
 
     Raises:
         ValueError: ``--quality-guard-drop`` without ``--prequential`` (the guard judges the
@@ -168,7 +169,8 @@ def publisher_from_args(args: argparse.Namespace, metrics: Any = None):
         user_ttl_s=args.user_ttl,
         seen_per_user=args.seen_per_user,
         delta_tolerance=args.delta_tolerance,
-        quality_guard=guard,
+        quality_guard=guard if items else None,
+        items=items,
     )
     return EmbeddingPublisher(config, metrics=metrics)
 

@@ -59,6 +59,9 @@ class PublishConfig:
             0 publishes none (only the recent window is then excluded).
         close_timeout_s: how long the final publish at shutdown may take.
         backoff: delay between attempts while Redis is unavailable.
+        items: publish the item table (snapshots and deltas). ``False`` publishes only the
+            vectors of the users this process trained: the other ranks of a data-parallel
+            group, whose rank 0 publishes the shared table (and its own users).
         quality_guard: pause publishing and roll back on a prequential regression (None: no
             guard). The run loop must feed it (``Pipeline`` does with prequential on).
     """
@@ -79,6 +82,7 @@ class PublishConfig:
     seen_per_user: int = 1000
     backoff: Backoff = field(default_factory=lambda: ExponentialBackoff(0.2, 2.0, 5.0, jitter=0.2))
     quality_guard: QualityGuardConfig | None = None
+    items: bool = True
 
     def __post_init__(self) -> None:
         Keys(self.namespace)  # validates
@@ -237,7 +241,7 @@ class EmbeddingPublisher:
         touched = sorted(self._touched)[: self.config.max_users_per_publish]
         self._touched.difference_update(touched)
         self._dirty = bool(self._touched)
-        ids, matrix = trainer.item_matrix()
+        ids, matrix = trainer.item_matrix() if self.config.items else ([], np.zeros((0, 0)))
         users_out: dict[str, tuple[np.ndarray, list[str], list[str]]] = {}
         if touched:
             vecs = trainer.user_vectors(touched)
@@ -365,7 +369,12 @@ class EmbeddingPublisher:
                 reason = "interval"
             else:
                 reason = ""
-            if reason:
+            if not self.config.items:  # another rank publishes the table
+                pointer = writer.pointer() or {}
+                version = int(pointer.get("version") or 0)
+                writer.version = version  # the version the users are stamped with
+                result = PublishResult("users", version, int(pointer.get("seq") or 0), 0, 0, 0.0)
+            elif reason:
                 result = writer.publish_full(
                     request.item_ids, request.matrix, model=request.model, reason=reason, **extra
                 )

@@ -29,6 +29,7 @@ from streaming.checkpoint import CheckpointStore
 from streaming.cli import main
 from streaming.events import Event
 from streaming.kafka_client import ensure_topic, produce_events
+from streaming.serving import EmbeddingClient
 from tests.streaming.test_consumer import ml100k_events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,13 +88,25 @@ def _replay_steps(step_dir: Path, config: OnlineConfig) -> tuple[OnlineTrainer, 
 
 
 def test_two_ranks_equal_one_process_stepping_the_union_batches(
-    kafka_broker, unique_name, tmp_path
+    kafka_broker, redis_server, unique_name, tmp_path
 ):
-    topic = unique_name("dp")
+    topic, namespace = unique_name("dp"), unique_name("ns")
     ensure_topic(kafka_broker, topic, partitions=2)
     produce_events(kafka_broker, topic, ml100k_events(1500))  # keyed by user id
     ckpt, steps_dir = tmp_path / "ckpt", tmp_path / "steps"
-    done = _run_group(kafka_broker, topic, ckpt, "--max-batch", "40", "--step-log", str(steps_dir))
+    done = _run_group(
+        kafka_broker,
+        topic,
+        ckpt,
+        "--max-batch",
+        "40",
+        "--step-log",
+        str(steps_dir),
+        "--redis-url",
+        redis_server,
+        "--namespace",
+        namespace,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     state = CheckpointStore(ckpt).latest_checkpoint()
     assert state is not None and state.meta["world_size"] == 2
@@ -115,8 +128,24 @@ def test_two_ranks_equal_one_process_stepping_the_union_batches(
             torch.testing.assert_close(
                 saved["optimizer"]["state"][pid][key], moments[key], atol=1e-5, rtol=1e-4
             )
-    group_graph = OnlineTrainer.from_state_dict(saved).graph.to_scipy().toarray()
+    group = OnlineTrainer.from_state_dict(saved)
+    group_graph = group.graph.to_scipy().toarray()
     np.testing.assert_allclose(group_graph, ref.graph.to_scipy().toarray(), rtol=1e-6, atol=1e-9)
+
+    # one publisher of the shared table (rank 0); each rank published its own users' vectors
+    client = EmbeddingClient(redis_server, namespace=namespace)
+    ids, matrix = group.item_matrix()
+    assert client.item_ids() == ids
+    np.testing.assert_allclose(client.item_matrix(), matrix, atol=1e-6)
+    owners = {}
+    for path in steps_dir.glob("steps-rank*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            owners.update({u: row["rank"] for u in row["users"]})
+    assert set(owners.values()) == {0, 1}
+    for user in owners:  # a vector as of the user's last batch, with its recent items
+        assert client.user_vector(user).shape == (matrix.shape[1],)
+        assert client.user_state(user)["recent_items"] == group.recent_items([user])[0]
 
 
 def _workers(launcher: psutil.Process) -> list[psutil.Process]:
