@@ -296,3 +296,55 @@ def test_a_rank_whose_partition_gets_nothing_never_stalls_the_other(
     assert int(state.state["events_applied"]) == 600
     assert sorted(v for v in state.offsets.values()) in ([0, 600], [600])
     assert took < 120, f"took {took:.0f} s"
+
+
+def test_a_restart_with_another_world_size_repartitions(
+    kafka_broker, unique_name, tmp_path, capsys
+):
+    """The group checkpoint holds every partition's position and every user's state, so a
+    restart with another number of ranks (2 → 1 → 2) resumes each partition where it ended
+    and finds each user's window, wherever its partition now lives."""
+    events = ml100k_events(2000)
+    topic = unique_name("dpresize")
+    ensure_topic(kafka_broker, topic, partitions=2)
+    ckpt = tmp_path / "ckpt"
+    produce_events(kafka_broker, topic, events[:800])
+    done = _run_group(kafka_broker, topic, ckpt, *BY_EVENT_TIME)
+    assert done.returncode == 0, done.stderr[-4000:]
+    produce_events(kafka_broker, topic, events[800:1500])
+    capsys.readouterr()
+    one = [
+        "run",
+        "--bootstrap",
+        kafka_broker,
+        "--topic",
+        topic,
+        "--checkpoint-dir",
+        str(ckpt),
+        "--idle-exit",
+        "2",
+        "--session-timeout-ms",
+        "3000",
+        *SMALL,
+        *BY_EVENT_TIME,
+        "--json",
+    ]
+    assert main(one) == 0
+    assert _inspect(capsys, ckpt)["events_applied"] == 1500
+    produce_events(kafka_broker, topic, events[1500:])
+    done = _run_group(kafka_broker, topic, ckpt, *BY_EVENT_TIME)
+    assert done.returncode == 0, done.stderr[-4000:]
+    after = _inspect(capsys, ckpt)
+    assert after["events_applied"] == 2000
+    assert sum(after["offsets"].values()) == 2000
+
+    straight = tmp_path / "straight"
+    one[one.index("--checkpoint-dir") + 1] = str(straight)
+    at = one.index("--topic")
+    one[at:at] = ["--group", unique_name("g")]
+    assert main(one) == 0
+    reference = _inspect(capsys, straight)
+    assert after["offsets"] == reference["offsets"]
+    for key in ("events_applied", "num_items", "num_users", "graph_nnz"):
+        assert after[key] == reference[key], key
+    assert math.isclose(after["graph_total_weight"], reference["graph_total_weight"], rel_tol=1e-6)
