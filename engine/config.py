@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Every backbone of ``engine.models``, in registry order (the offline trainer accepts each).
-MODEL_NAMES = ("sasrec", "gru4rec", "mf", "bert4rec", "lightgcn")
+MODEL_NAMES = ("sasrec", "gru4rec", "mf", "bert4rec", "lightgcn", "stosa")
 #: The backbones the online trainer supports: one item table, smoothed on the item graph.
 ONLINE_MODELS = ("sasrec", "gru4rec", "mf")
 #: ``"sevo-adamw"``: AdamW with the item-table update smoothed over the item graph (SEvo);
@@ -74,10 +74,16 @@ def _check_positive_ints(config: Any, names: tuple[str, ...]) -> None:
 class OfflineConfig:
     """Everything one offline run needs; validated once on construction.
 
-    Defaults are the SEvo paper's SASRec settings on Beauty (see the dataset README).
-    ``model`` is checked when the model is built (:func:`engine.models.build_model`, which
-    accepts any case), ``device``'s type when training starts; here ``device`` must have the
-    form ``"type"`` or ``"type:index"``.
+    Defaults are the SEvo paper's SASRec settings on Beauty (see the dataset README; other
+    models' settings are named presets, :mod:`engine.presets`). ``model`` is checked when the
+    model is built (:func:`engine.models.build_model`, which accepts any case), ``device``'s
+    type when training starts; here ``device`` must have the form ``"type"`` or
+    ``"type:index"``.
+
+    ``checkpoint_dir``: where :func:`engine.train.train_offline` writes ``checkpoint.pt`` every
+    ``checkpoint_every_epochs`` epochs (and after the last one) and from which it resumes an
+    interrupted run; ``None`` (default) writes none. Neither field defines the experiment
+    (:func:`engine.experiments.same_experiment` ignores them, as it ignores ``device``).
     """
 
     model: str = "sasrec"
@@ -100,6 +106,8 @@ class OfflineConfig:
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    checkpoint_dir: str | None = None
+    checkpoint_every_epochs: int = 5
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -107,8 +115,23 @@ class OfflineConfig:
         if self.graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
         _check_positive_ints(
-            self, ("epochs", "batch_size", "maxlen", "eval_every", "eval_batch_size", "hops")
+            self,
+            (
+                "epochs",
+                "batch_size",
+                "maxlen",
+                "eval_every",
+                "eval_batch_size",
+                "hops",
+                "checkpoint_every_epochs",
+            ),
         )
+        if self.checkpoint_dir is not None:
+            object.__setattr__(self, "checkpoint_dir", str(self.checkpoint_dir))
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.patience is not None and self.patience < 1:

@@ -2,7 +2,9 @@
 
 Each run writes ``<out>/runs/<name>.json`` when it finishes and ``<name>.partial.json`` after
 every validation, so a long benchmark can be stopped and restarted: finished runs with the same
-configuration are loaded instead of re-run. ``PAPER_RESULTS`` holds the SEvo paper's published
+configuration are loaded instead of re-run, and a run stopped mid-way continues from its last
+checkpoint (``<out>/checkpoints/<name>/checkpoint.pt``, every ``checkpoint_every_epochs``
+epochs; removed when the run finishes). ``PAPER_RESULTS`` holds the SEvo paper's published
 numbers, which the summary tables print next to the reproduced ones.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -128,7 +131,8 @@ def same_experiment(saved: dict[str, Any] | None, config: OfflineConfig) -> bool
     device does not count (a run finished on a GPU is reused by a CPU rerun, and back), and
     model overrides are compared as the model configs they resolve to (so ``{}`` matches the
     defaults spelled out). A run saved before a model default changed must therefore name the
-    old value in its overrides (the result files in ``benchmarks/results`` do).
+    old value in its overrides (the result files in ``benchmarks/results`` do). Where its
+    checkpoints went (``checkpoint_dir``, ``checkpoint_every_epochs``) does not count either.
     """
     if saved is None:
         return False
@@ -136,7 +140,8 @@ def same_experiment(saved: dict[str, Any] | None, config: OfflineConfig) -> bool
     current = json.loads(json.dumps(asdict(config)))
     filled = json.loads(json.dumps({**defaults, **saved}))
     for fields in (filled, current):
-        fields.pop("device", None)
+        for name in _NOT_THE_EXPERIMENT:
+            fields.pop(name, None)
     saved_overrides, overrides = filled.pop("model_overrides"), current.pop("model_overrides")
     if filled != current:
         return False
@@ -146,6 +151,10 @@ def same_experiment(saved: dict[str, Any] | None, config: OfflineConfig) -> bool
         )
     except (TypeError, ValueError):  # overrides the current model config no longer accepts
         return False
+
+
+#: OfflineConfig fields that do not define an experiment (a finished run is reused across them).
+_NOT_THE_EXPERIMENT = ("device", "checkpoint_dir", "checkpoint_every_epochs")
 
 
 def run_name(dataset: str, config: OfflineConfig) -> str:
@@ -172,6 +181,11 @@ def run_grid(
 
     With ``save_embeddings`` the best model's item output matrix is also written as
     ``runs/<name>.items.npy`` (float32, row i = item i, row 0 = padding).
+
+    Every run checkpoints into its own directory, ``<root>/<name>`` with ``<root>`` the config's
+    ``checkpoint_dir`` or else ``<out_dir>/checkpoints``, and continues from a checkpoint found
+    there (``resume=False`` deletes it first and starts over); the directory is removed once
+    the run's results are written.
     """
     dataset, split = load_split(data, core=core, max_users=max_users)
     runs_dir = Path(out_dir) / "runs"
@@ -187,9 +201,17 @@ def run_grid(
                 results.append(previous)
                 continue
             log.info("%s: configuration changed, running again", name)
+        ckpt_root = (
+            Path(config.checkpoint_dir) if config.checkpoint_dir else Path(out_dir) / "checkpoints"
+        )
+        ckpt_dir = ckpt_root / name
+        if not resume:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        config = replace(config, checkpoint_dir=str(ckpt_dir))
         partial_path = runs_dir / f"{name}.partial.json"
         curve: list[dict[str, float]] = []
 
+        # a resumed run replays its restored curve through on_eval first, so this sees it all
         def save_partial(point, curve=curve, partial_path=partial_path, config=config):
             curve.append(point)
             _write_json(partial_path, {"config": asdict(config), "curve": curve})
@@ -210,6 +232,7 @@ def run_grid(
         result = run.to_json()
         _write_json(final, result)
         partial_path.unlink(missing_ok=True)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
         log.info(
             "%s: test NDCG@10 %.4f HR@10 %.4f (best epoch %d, %.1f s/epoch)",
             name,

@@ -7,6 +7,17 @@ smooths over is built from *training* items only, so validation/test never leak 
 The run's settings, :class:`OfflineConfig`, live in the torch-free :mod:`engine.config` and are
 re-exported here.
 
+**Resume.** With ``config.checkpoint_dir`` set, the run writes ``<dir>/checkpoint.pt``
+atomically every ``checkpoint_every_epochs`` epochs, after the last epoch and at an early stop:
+model, optimizer, the torch generator, the numpy epoch-order generator, the epoch, the learning
+curve and timings, and the early-stopping state (best score, epoch and state, evaluations
+without gain). A later call with the same settings continues from it and ends bit for bit where
+an uninterrupted run ends (on the CPU; see :func:`train_offline`).
+
+**Hooks.** ``train_offline(extra_loss=...)`` adds a term to every batch's loss (knowledge
+distillation: ``benchmarks/kd_study.py``); ``train_offline(item_graph=...)`` makes SEvo smooth
+over a given graph instead of the one ``config.graph`` names (e.g. a teacher's kNN item graph).
+
 Example:
     >>> from engine.data import load_dataset, core_filter, split_leave_one_out
     >>> split = split_leave_one_out(core_filter(load_dataset("ml-100k")))   # doctest: +SKIP
@@ -17,12 +28,16 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import logging
 import math
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,24 +45,38 @@ import torch
 from tqdm.auto import tqdm
 
 from graph_store import ItemGraph, category_edges, combine_edges, sequence_edges
+from sevo_common.atomic import atomic_write_bytes
 
 from .config import OfflineConfig
 from .data import SequenceSplit
 from .metrics import summarize, target_ranks
-from .models import Recommender, build_model, model_class, resolved_config
+from .models import Batch, Recommender, build_model, model_class, resolved_config
 from .optim import SEvoAdamW
 from .sevo import Smoother
 
 __all__ = [
+    "CHECKPOINT_FILE",
+    "CHECKPOINT_FORMAT",
+    "ExtraLoss",
     "OfflineConfig",
     "RunResult",
     "build_item_graph",
     "build_optimizer",
     "evaluate",
+    "read_checkpoint",
     "train_epoch",
     "train_offline",
     "trainable_users",
 ]
+
+#: An extra training-loss term: ``extra_loss(model, batch, generator) -> scalar tensor``, added
+#: to ``model.loss(batch, generator)`` at every step (``batch`` as the model's ``loss`` gets it:
+#: ``{"users": (B,), "seqs": (B, maxlen + 1)}``; the generator is the run's, for dropout).
+ExtraLoss = Callable[[Recommender, Batch, torch.Generator], torch.Tensor]
+#: The checkpoint file inside ``OfflineConfig.checkpoint_dir``.
+CHECKPOINT_FILE = "checkpoint.pt"
+#: Version of the checkpoint layout (``_save_checkpoint``); another version is not resumed.
+CHECKPOINT_FORMAT = 1
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +260,10 @@ def train_epoch(
     order: np.ndarray,
     config: OfflineConfig,
     generator: torch.Generator,
+    extra_loss: ExtraLoss | None = None,
 ) -> float:
-    """One pass over ``order`` (user indices) in batches; returns the mean training loss."""
+    """One pass over ``order`` (user indices) in batches; returns the mean training loss
+    (``extra_loss`` included)."""
     model.train()
     device = next(model.parameters()).device
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -244,6 +275,8 @@ def train_epoch(
             "seqs": torch.from_numpy(seqs).to(device, non_blocking=True),
         }
         loss = model.loss(batch, generator)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -259,6 +292,8 @@ def train_offline(
     progress: bool = True,
     on_eval: Callable[[dict[str, float]], None] | None = None,
     keep_model: bool = False,
+    extra_loss: ExtraLoss | None = None,
+    item_graph: ItemGraph | None = None,
 ) -> RunResult:
     """Train one model with one optimizer and seed; test at the best-validation epoch.
 
@@ -268,7 +303,24 @@ def train_offline(
         dataset: a name recorded in the result.
         progress: show a tqdm bar over epochs.
         on_eval: called after every validation with the curve point (for partial results).
+            A resumed run first calls it with the restored curve's points, in order, so a
+            listener sees the whole curve.
         keep_model: attach the best model to the result (for embedding analyses).
+        extra_loss: a term added to every step's loss (see :data:`ExtraLoss`), e.g. a
+            distillation loss against a fixed teacher.
+        item_graph: the graph SEvo smooths over instead of the one ``config.graph`` names
+            (rows ``0..num_items``; needs ``optimizer="sevo-adamw"``).
+
+    Resume: with ``config.checkpoint_dir`` set, a checkpoint there from a run with the same
+    settings (every :class:`OfflineConfig` field but ``epochs``, ``device`` within its type,
+    and the checkpoint fields), the same split and the same SEvo graph is continued from the
+    epoch after it. ``epochs`` may grow between calls: a run stopped after epoch k and resumed
+    with ``epochs=n`` ends with the weights and metrics of an uninterrupted ``n``-epoch run,
+    bit for bit on the CPU, provided it validated at the same epochs (k a multiple of
+    ``eval_every``; otherwise the k-epoch call's closing validation is an extra curve point and
+    may become the best state). A checkpoint from other settings, or from further than
+    ``epochs``, is ignored (logged) and overwritten. ``extra_loss`` is not part of the check:
+    pass the same one again.
     """
     try:  # OfflineConfig checked the form of the name; only torch knows which types exist
         device = torch.device(config.device)
@@ -276,6 +328,8 @@ def train_offline(
         raise ValueError(
             f"device must be a torch device such as 'cpu' or 'cuda', got {config.device!r}"
         ) from exc
+    if item_graph is not None and not config.uses_sevo:
+        raise ValueError("item_graph is what SEvo smooths over: it needs optimizer='sevo-adamw'")
     # Dropout, negatives and masks draw from a generator on the model's device (a CUDA run is
     # reproducible run to run, but not bit-equal to a CPU run with the same seed).
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -292,7 +346,8 @@ def train_offline(
             np.repeat(np.arange(split.num_users), np.diff(split.train_offsets)),
             split.train_items,
         )
-    item_graph = build_item_graph(split, config) if config.uses_sevo else None
+    if item_graph is None and config.uses_sevo:
+        item_graph = build_item_graph(split, config)
     needs_bipartite = config.uses_sevo and any(len(g) > 1 for g in model.smoothing_groups())
     bipartite = build_bipartite_graph(split) if needs_bipartite else None
     optimizer = build_optimizer(model, config, item_graph, bipartite)
@@ -300,21 +355,39 @@ def train_offline(
     trainable = trainable_users(split)
     if trainable.size == 0:
         raise ValueError("no user has two or more training interactions")
-    best_score, best_epoch, best_state, bad_evals = -1.0, 0, None, 0
-    epoch_seconds, eval_seconds, curve = [], [], []
+    progress_state = _Progress()
+    ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT_FILE if config.checkpoint_dir else None
+    identity = None
+    if ckpt_path is not None:
+        identity = _run_identity(config, split, item_graph)
+        restored = _load_checkpoint(ckpt_path, identity, config, device)
+        if restored is not None:
+            progress_state = _restore(restored, model, optimizer, generator, rng)
+            log.info(
+                "%s: resumed after epoch %d from %s",
+                _run_name(config),
+                progress_state.epoch,
+                ckpt_path,
+            )
+            if on_eval is not None:
+                for point in progress_state.curve:
+                    on_eval(dict(point))
+    st = progress_state
     bar = tqdm(
-        range(1, config.epochs + 1),
+        range(st.epoch + 1, config.epochs + 1),
         disable=not progress,
         desc=_run_name(config),
         unit="epoch",
         leave=False,
+        initial=st.epoch,
+        total=config.epochs,
     )
-    for epoch in bar:
+    for epoch in bar if not st.stopped else ():
         start = time.perf_counter()
         mean_loss = train_epoch(
-            model, optimizer, split, rng.permutation(trainable), config, generator
+            model, optimizer, split, rng.permutation(trainable), config, generator, extra_loss
         )
-        epoch_seconds.append(time.perf_counter() - start)
+        st.epoch_seconds.append(time.perf_counter() - start)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {mean_loss})")
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -322,27 +395,40 @@ def train_offline(
             valid, _ = evaluate(
                 model, split, "valid", maxlen=config.maxlen, batch_size=config.eval_batch_size
             )
-            eval_seconds.append(time.perf_counter() - start)
+            st.eval_seconds.append(time.perf_counter() - start)
             point = {
                 "epoch": epoch,
                 "loss": mean_loss,
                 **{f"valid_{k}": v for k, v in valid.items()},
             }
-            curve.append(point)
+            st.curve.append(point)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg10=f"{valid['NDCG@10']:.4f}")
+            if valid["NDCG@10"] > st.best_score:
+                st.best_score, st.best_epoch, st.bad_evals = valid["NDCG@10"], epoch, 0
+                st.best_state = copy.deepcopy(model.state_dict())
+            else:
+                st.bad_evals += 1
+                if config.patience is not None and st.bad_evals >= config.patience:
+                    log.info("early stop at epoch %d (best %d)", epoch, st.best_epoch)
+                    st.stopped = True
+            # the checkpoint first: a listener that fails (or a kill) after this point loses
+            # nothing of this epoch
+            st.epoch = epoch
+            if ckpt_path is not None and (
+                st.stopped or epoch % config.checkpoint_every_epochs == 0 or epoch == config.epochs
+            ):
+                _save_checkpoint(ckpt_path, identity, st, model, optimizer, generator, rng)
             if on_eval is not None:
                 on_eval(point)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg10=f"{valid['NDCG@10']:.4f}")
-            if valid["NDCG@10"] > best_score:
-                best_score, best_epoch, bad_evals = valid["NDCG@10"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_evals += 1
-                if config.patience is not None and bad_evals >= config.patience:
-                    log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-                    break
+            if st.stopped:
+                break
+        else:
+            st.epoch = epoch
+            if ckpt_path is not None and epoch % config.checkpoint_every_epochs == 0:
+                _save_checkpoint(ckpt_path, identity, st, model, optimizer, generator, rng)
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
     valid, _ = evaluate(
         model, split, "valid", maxlen=config.maxlen, batch_size=config.eval_batch_size
     )
@@ -354,13 +440,174 @@ def train_offline(
         dataset=dataset,
         valid=valid,
         test=test,
-        best_epoch=best_epoch,
-        epoch_seconds=epoch_seconds,
-        eval_seconds=eval_seconds,
-        curve=curve,
+        best_epoch=st.best_epoch,
+        epoch_seconds=st.epoch_seconds,
+        eval_seconds=st.eval_seconds,
+        curve=st.curve,
         test_user_ndcg10=_ndcg10(test_ranks),
         graph_nnz=0 if item_graph is None else item_graph.nnz,
         model=model if keep_model else None,
+    )
+
+
+# ---------------------------------------------------------------------- checkpoints
+@dataclass
+class _Progress:
+    """What a run has done so far, beyond the model, optimizer and generators."""
+
+    epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_evals: int = 0
+    stopped: bool = False
+    curve: list[dict[str, float]] | None = None
+    epoch_seconds: list[float] | None = None
+    eval_seconds: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.curve = [] if self.curve is None else self.curve
+        self.epoch_seconds = [] if self.epoch_seconds is None else self.epoch_seconds
+        self.eval_seconds = [] if self.eval_seconds is None else self.eval_seconds
+
+
+#: OfflineConfig fields that do not have to match for a checkpoint to be resumed.
+_NOT_IN_IDENTITY = ("epochs", "device", "checkpoint_dir", "checkpoint_every_epochs")
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _run_identity(
+    config: OfflineConfig, split: SequenceSplit, item_graph: ItemGraph | None
+) -> dict[str, Any]:
+    """What a checkpoint must have been written by to be resumed: the settings (JSON form,
+    without :data:`_NOT_IN_IDENTITY`, with the device's type), the split and the SEvo graph."""
+    settings = json.loads(json.dumps(asdict(config)))
+    for name in _NOT_IN_IDENTITY:
+        settings.pop(name, None)
+    settings["device_type"] = torch.device(config.device).type
+    graph = None
+    if item_graph is not None:
+        A = item_graph.to_scipy().tocsr()
+        graph = _digest(A.indptr, A.indices, A.data)
+    return {
+        "settings": settings,
+        "split": _digest(
+            split.train_items,
+            split.train_offsets,
+            split.valid_items,
+            split.test_items,
+            np.array([split.num_users, split.num_items]),
+        ),
+        "graph": graph,
+    }
+
+
+def _save_checkpoint(
+    path: Path,
+    identity: dict[str, Any] | None,
+    st: _Progress,
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+) -> None:
+    """Write the run's state to ``path`` atomically (a reader sees the old file or the new)."""
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "identity": identity,
+        "epoch": st.epoch,
+        "stopped": st.stopped,
+        "best_score": st.best_score,
+        "best_epoch": st.best_epoch,
+        "bad_evals": st.bad_evals,
+        "has_best_state": st.best_state is not None,
+        "curve": st.curve,
+        "epoch_seconds": st.epoch_seconds,
+        "eval_seconds": st.eval_seconds,
+        "numpy_rng": rng.bit_generator.state,
+        "torch": torch.__version__,
+    }
+    payload = {
+        "meta": json.dumps(meta),  # plain JSON: loads with weights_only=True
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "best_state": st.best_state if st.best_state is not None else {},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file as written (``meta`` decoded from JSON); tensors stay on the CPU.
+
+    Loaded with ``torch.load(weights_only=True)``: tensors and plain values only.
+    """
+    payload = torch.load(io.BytesIO(Path(path).read_bytes()), map_location="cpu", weights_only=True)
+    payload["meta"] = json.loads(payload["meta"])
+    return payload
+
+
+def _load_checkpoint(
+    path: Path, identity: dict[str, Any], config: OfflineConfig, device: torch.device
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if this run can continue from it, else ``None`` (logged)."""
+    if not path.exists():
+        return None
+    try:
+        payload = read_checkpoint(path)
+    except Exception as exc:  # a file that is not a checkpoint: start over, say why
+        log.warning("%s: unreadable checkpoint (%s); starting from epoch 1", path, exc)
+        return None
+    meta = payload["meta"]
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        reason = f"format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}"
+    elif meta.get("identity") != identity:
+        reason = "written by a run with other settings, data or graph"
+    elif meta["epoch"] > config.epochs:
+        reason = f"it is at epoch {meta['epoch']}, beyond epochs={config.epochs}"
+    else:
+        return payload
+    log.warning("%s: not resumed (%s); starting from epoch 1", path, reason)
+    return None
+
+
+def _restore(
+    payload: dict[str, Any],
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+) -> _Progress:
+    """Load a checkpoint into the freshly built run; return its progress."""
+    meta = payload["meta"]
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    generator.set_state(payload["generator"])
+    rng.bit_generator.state = meta["numpy_rng"]
+    device = next(model.parameters()).device
+    best_state = None
+    if meta["has_best_state"]:
+        best_state = {k: v.to(device) for k, v in payload["best_state"].items()}
+    return _Progress(
+        epoch=meta["epoch"],
+        best_score=meta["best_score"],
+        best_epoch=meta["best_epoch"],
+        best_state=best_state,
+        bad_evals=meta["bad_evals"],
+        stopped=meta["stopped"],
+        curve=meta["curve"],
+        epoch_seconds=meta["epoch_seconds"],
+        eval_seconds=meta["eval_seconds"],
     )
 
 

@@ -874,6 +874,15 @@ class Pipeline:
                 "prequential_eval": seconds.get("eval", 0.0),
                 "checkpoint": seconds.get("checkpoint", 0.0),
                 "other": max(0.0, total_s - accounted),
+                # parts of the above
+                "optimizer": seconds.get("optimizer", 0.0),
+                "exchange": seconds.get("exchange", 0.0),
+            },
+            "group": {
+                "world_size": self.group.world_size,
+                "rank": self.group.rank,
+                "steps": self.group_steps,
+                "bytes_sent": self.group.bytes_sent,
             },
             "prequential": None if self.evaluator is None else self.evaluator.summary(),
             "graph": {

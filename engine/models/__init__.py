@@ -26,7 +26,6 @@ from engine.models.sasrec import SASRec, SASRecConfig
 from engine.models.stosa import STOSA, STOSAConfig
 
 __all__ = [
-    "BACKBONES",
     "MF",
     "MODELS",
     "STOSA",
@@ -47,7 +46,7 @@ __all__ = [
     "resolved_config",
 ]
 
-_BACKBONES: dict[str, tuple[type[Recommender], type]] = {
+_REGISTRY: dict[str, tuple[type[Recommender], type]] = {
     "sasrec": (SASRec, SASRecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "mf": (MF, MFConfig),
@@ -55,25 +54,22 @@ _BACKBONES: dict[str, tuple[type[Recommender], type]] = {
     "lightgcn": (LightGCN, LightGCNConfig),
     "stosa": (STOSA, STOSAConfig),
 }
+if set(_REGISTRY) != set(MODEL_NAMES):  # one list of names: engine.config's, torch-free
+    raise ImportError(
+        f"engine.config.MODEL_NAMES {MODEL_NAMES} and the backbones {tuple(_REGISTRY)} differ"
+    )
 #: name → (model class, config class), one entry per name of :data:`engine.config.MODEL_NAMES`
-#: (in its order), the torch-free list the command line offers.
-MODELS: dict[str, tuple[type[Recommender], type]] = {name: _BACKBONES[name] for name in MODEL_NAMES}
-#: Every backbone :func:`build_model`, :func:`model_class` and :func:`resolved_config` accept
-#: (and so the offline trainer, ``OfflineConfig(model=...)``): :data:`MODELS`, then those the
-#: command line does not offer yet because :data:`engine.config.MODEL_NAMES` does not list them
-#: (``"stosa"``).
-BACKBONES: dict[str, tuple[type[Recommender], type]] = {
-    **MODELS,
-    **{name: entry for name, entry in _BACKBONES.items() if name not in MODELS},
-}
+#: (in its order): every backbone :func:`build_model`, :func:`model_class`,
+#: :func:`resolved_config`, the offline trainer and the command line accept.
+MODELS: dict[str, tuple[type[Recommender], type]] = {name: _REGISTRY[name] for name in MODEL_NAMES}
 
 
 def _entry(name: str) -> tuple[type[Recommender], type]:
-    """``BACKBONES[name]`` by case-insensitive name; ``ValueError`` listing the known names."""
+    """``MODELS[name]`` by case-insensitive name; ``ValueError`` listing the known names."""
     key = name.lower() if isinstance(name, str) else name
-    if key not in BACKBONES:
-        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(BACKBONES)}")
-    return BACKBONES[key]
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(MODELS)}")
+    return MODELS[key]
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -112,7 +108,7 @@ def build_model(
 
     Args:
         name: one of ``"sasrec"``, ``"gru4rec"``, ``"mf"``, ``"bert4rec"``, ``"lightgcn"``,
-            ``"stosa"`` (case-insensitive; see :data:`BACKBONES`).
+            ``"stosa"`` (case-insensitive; see :data:`MODELS`).
         num_items: number of items (ids ``1..num_items``).
         num_users: number of users (ids ``0..num_users-1``).
         seed: seeds the parameter initialisation.
@@ -123,5 +119,5 @@ def build_model(
             (the message lists the valid ones), or an invalid config value.
     """
     resolved_config(name, **overrides)  # validates name and fields with the messages above
-    model_cls, config_cls = BACKBONES[name.lower()]
+    model_cls, config_cls = MODELS[name.lower()]
     return model_cls(num_items, num_users, config_cls(**overrides), seed=seed)

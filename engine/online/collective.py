@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -30,11 +31,13 @@ class Collective:
         rank: this process's rank, ``0..world_size-1``.
         world_size: number of ranks.
         bytes_sent: bytes this rank contributed to collectives so far (a gauge for benchmarks).
+        seconds: wall time spent in collectives so far (waiting for the other ranks included).
     """
 
     rank: int = 0
     world_size: int = 1
     bytes_sent: int = 0
+    seconds: float = 0.0
 
     @property
     def distributed(self) -> bool:
@@ -126,9 +129,11 @@ class ProcessGroup(Collective):
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.bytes_sent = 0
+        self.seconds = 0.0
 
     def _gather_padded(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """All-gather 1-D tensors of any length: lengths first, then padded payloads."""
+        t = time.perf_counter()
         n = torch.tensor([flat.numel()], dtype=torch.int64)
         lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
         dist.all_gather(lengths, n)
@@ -139,6 +144,7 @@ class ProcessGroup(Collective):
         out = [torch.empty(longest, dtype=flat.dtype) for _ in range(self.world_size)]
         dist.all_gather(out, padded)
         self.bytes_sent += 8 + longest * flat.element_size()
+        self.seconds += time.perf_counter() - t
         return [o[:s] for o, s in zip(out, sizes, strict=True)]
 
     def all_gather_arrays(self, array: np.ndarray) -> list[np.ndarray]:
@@ -168,8 +174,10 @@ class ProcessGroup(Collective):
         return out
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
         self.bytes_sent += tensor.numel() * tensor.element_size()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        self.seconds += time.perf_counter() - t
         return tensor
 
     def broadcast_bytes(self, data: bytes | None, src: int = 0) -> bytes:

@@ -172,6 +172,7 @@ class OnlineTrainer:
         self.graph = ItemGraph(2, cfg.half_life)
         self.model = _build_model(cfg, 1, 1)
         self.optimizer = self._build_optimizer()
+        self._optimizer_s = 0.0
         if self.collective.distributed and not self.model.supports_keyed_draws:
             raise ValueError(
                 f"data-parallel training needs a model with keyed random draws; {cfg.model!r} "
@@ -270,6 +271,7 @@ class OnlineTrainer:
                 input must already be validated; nothing is changed when this is raised).
         """
         t0 = time.perf_counter()
+        exchanged_before, self._optimizer_s = self.collective.seconds, 0.0
         users_s, items_s, times_a, weights_a = _check_events(
             users, items, times, weights, self.config.max_users_state
         )
@@ -283,6 +285,7 @@ class OnlineTrainer:
             "loss": float("nan"),
             "seconds": {"ids": 0.0, "graph": 0.0, "state": 0.0, "train": 0.0},
         }
+        self._optimizer_s = 0.0
         # (0) the group's batch: every rank's events in rank order (ids are agreed on it).
         group = self.collective
         all_users = group.all_gather_strings(users_s)
@@ -339,7 +342,15 @@ class OnlineTrainer:
             > (self.events_applied - total) // PRUNE_EVERY_EVENTS
         ):
             self.prune_graph()
-        stats["seconds"] = {"ids": t1 - t0, "graph": t2 - t1, "state": t3 - t2, "train": t4 - t3}
+        stats["seconds"] = {
+            "ids": t1 - t0,
+            "graph": t2 - t1,
+            "state": t3 - t2,
+            "train": t4 - t3,
+            # parts of the above: optimizer steps (psi included), and waiting on other ranks
+            "optimizer": self._optimizer_s,
+            "exchange": self.collective.seconds - exchanged_before,
+        }
         return stats
 
     def prune_graph(self) -> int:
@@ -413,7 +424,9 @@ class OnlineTrainer:
                 loss = self.model.loss(batch, self.generator)
                 loss.backward()
                 losses.append(float(loss.detach()))
+            t = time.perf_counter()
             self.optimizer.step()
+            self._optimizer_s += time.perf_counter() - t
         mean_loss = float(np.mean(losses))
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"online training diverged (loss {mean_loss})")

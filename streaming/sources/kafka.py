@@ -686,11 +686,15 @@ class KafkaEventSource:
     def attach(self, listener: Any) -> None:
         """Route the rebalance hooks to ``listener`` (the pipeline): ``resume_positions()`` is
         asked at every assignment, ``on_revoke``, ``on_assign`` and ``on_lost`` as in the
-        constructor. Call before the first :meth:`next_batch`."""
+        constructor. Call before the first :meth:`next_batch`. Partitions assigned directly
+        (no group, or a rank of a data-parallel group) were assigned in the constructor: the
+        listener hears of them here."""
         self._provider = listener.resume_positions
         self._on_revoke = listener.on_revoke
         self._on_assign = listener.on_assign
         self._on_lost = listener.on_lost
+        if self._positions and (self.config.group is None or self.config.world_size > 1):
+            self._on_assign({_key(tp): pos for tp, pos in sorted(self._positions.items())})
 
     def seek(self, positions: Mapping[str, int]) -> None:
         """Resume the given partitions at ``positions`` (``{"topic:partition": offset}``): now

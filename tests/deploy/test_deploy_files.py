@@ -2,7 +2,11 @@
 deploy/Dockerfile, .dockerignore, deploy/.env.example and the deploy/local scripts.
 
 Every ``sevo`` command in the compose file is parsed by the real CLI parser after ``${VAR}``
-interpolation, so a renamed or removed flag breaks these tests rather than a deployment.
+interpolation, so a renamed or removed flag breaks these tests rather than a deployment. The
+shell scripts of the Redis Cluster nodes and of the one-shot init services run under ``sh``
+against stub ``docker-entrypoint.sh`` / ``redis-cli`` / ``kafka-topics.sh`` programs that record
+their arguments and play a cluster or a broker, so their quoting, ``$$`` escapes, branches and
+exit codes are exercised (not the real programs: there is no Docker here).
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 
 # Dummy values for the variables the compose file may reference (what deploy/.env sets).
 DUMMY_ENV = {"REDIS_PASSWORD": "dummy-password", "SEVO_NAMESPACE": "test-ns"}
+# The Redis Cluster's nodes (3 masters + 3 replicas) and the engine's data-parallel ranks.
+REDIS_NODES = [f"redis-{i}" for i in range(1, 7)]
+WORLD_SIZE = 2
 
 
 # --- ${VAR} interpolation, as docker compose does it ------------------------------------------
 
 _VAR = re.compile(
-    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})"
+    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
 
 
@@ -50,13 +58,16 @@ class MissingVariableError(ValueError):
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Substitute ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?msg}``,
-    ``${VAR?msg}`` and ``$$`` (a literal ``$``) like docker compose; an unset plain ``${VAR}``
-    becomes the empty string."""
+    """Substitute ``${VAR}``, ``$VAR``, ``${VAR:-default}``, ``${VAR-default}``,
+    ``${VAR:?msg}``, ``${VAR?msg}`` and ``$$`` (a literal ``$``) like docker compose; an unset
+    plain ``${VAR}`` / ``$VAR`` becomes the empty string (so a shell variable meant for the
+    container must be written ``$$VAR``)."""
 
     def replace(m: re.Match[str]) -> str:
         if m.group("escaped"):
             return "$"
+        if m.group("bare"):
+            return env.get(m.group("bare")) or ""
         name, op, arg = m.group("name"), m.group("op"), m.group("arg")
         value = env.get(name)
         unset = value is None or (op is not None and op.startswith(":") and value == "")
@@ -83,7 +94,11 @@ def interpolate_tree(node, env: Mapping[str, str]):
 
 
 def variables(text: str) -> set[str]:
-    return {m.group("name") for m in _VAR.finditer(text) if m.group("name")}
+    return {
+        m.group("name") or m.group("bare")
+        for m in _VAR.finditer(text)
+        if m.group("name") or m.group("bare")
+    }
 
 
 @pytest.mark.parametrize(
@@ -98,6 +113,8 @@ def variables(text: str) -> set[str]:
         ("${X:?set X}", {"X": "v"}, "v"),
         ("redis://:${P}@redis:6379/0", {"P": "pw"}, "redis://:pw@redis:6379/0"),
         ("$$HOME ${X}", {"X": "1"}, "$HOME 1"),
+        ("$X/$Y", {"X": "1"}, "1/"),
+        ('exec x "$$@" "$${n:-0}" $$((i + 1))', {}, 'exec x "$@" "${n:-0}" $((i + 1))'),
     ],
 )
 def test_interpolate(text, env, expected):
@@ -156,7 +173,8 @@ def _named_volumes(service: dict) -> dict[str, str]:
 
 
 def test_compose_has_the_services(services):
-    assert {"kafka", "redis", "engine"} <= set(services)
+    assert {"kafka", "kafka-init", "redis-cluster-init", "engine", *REDIS_NODES} <= set(services)
+    assert "redis" not in services  # the single Redis gave way to the cluster
 
 
 def test_compose_variables_are_documented_in_env_example(compose_text):
@@ -179,7 +197,7 @@ def test_compose_refuses_to_start_without_redis_password(compose_text):
 
 def test_named_volumes_are_declared(compose, services):
     declared = set(compose.get("volumes") or {})
-    for name in ("kafka", "redis", "engine"):
+    for name in ("kafka", "engine", *REDIS_NODES):
         used = set(_named_volumes(services[name]))
         assert used, f"{name} has no named volume"
         assert used <= declared, f"{name}: undeclared volumes {used - declared}"
@@ -200,26 +218,13 @@ def test_kafka_is_single_node_kraft(services):
     assert "--list" in test
 
 
-def test_redis_is_persistent_and_password_protected(services):
-    redis = services["redis"]
-    assert redis["image"].startswith("redis:7")
-    command = _as_list(redis["command"])
-    assert command[0] == "redis-server"
-    i = command.index("--appendonly")
-    assert command[i + 1] == "yes"
-    j = command.index("--requirepass")
-    assert command[j + 1] == DUMMY_ENV["REDIS_PASSWORD"]
-    assert "/data" in _named_volumes(redis).values()
-    test = " ".join(_as_list(redis["healthcheck"]["test"]))
-    assert "redis-cli -a" in test
-    assert "ping" in test
-
-
-def test_engine_depends_on_healthy_kafka_and_redis(services):
+def test_engine_depends_on_kafka_and_the_init_services(services):
     depends = services["engine"]["depends_on"]
-    assert set(depends) >= {"kafka", "redis"}
-    for name in ("kafka", "redis"):
-        assert depends[name]["condition"] == "service_healthy"
+    assert depends["kafka"]["condition"] == "service_healthy"
+    # The topic has its partitions and the Redis Cluster is formed before a rank starts.
+    for name in ("kafka-init", "redis-cluster-init"):
+        assert depends[name]["condition"] == "service_completed_successfully", name
+    assert not set(depends) & set(REDIS_NODES), "the engine waits for the cluster, not a node"
 
 
 def test_engine_is_built_from_the_dockerfile(services):
@@ -281,27 +286,60 @@ def test_engine_command_matches_the_services(services, capsys, monkeypatch):
     assert "--redis-url" not in _as_list(engine["command"])  # the password stays off argv
     args = _parse_with_env(engine, monkeypatch, capsys)
     assert args.command == "run"
+    assert args.world_size == WORLD_SIZE  # one model, trained by 2 data-parallel ranks
     assert args.bootstrap == "kafka:9092"
     assert args.topic == "events"
     assert args.group == "sevo-engine"
     assert args.dead_letter_topic == "events.dead"
-    assert args.redis_url == f"redis://:{DUMMY_ENV['REDIS_PASSWORD']}@redis:6379/0"
+    # Any one node of the Redis Cluster (the client detects cluster mode and finds the rest).
+    assert args.redis_url == f"redis://:{DUMMY_ENV['REDIS_PASSWORD']}@redis-1:6379/0"
     assert args.namespace == DUMMY_ENV["SEVO_NAMESPACE"]
-    # Checkpoints live on the named volume.
+    # Checkpoints (rank 0's, of the whole group) live on the named volume.
     mounts = _named_volumes(engine).values()
     assert any(Path(args.checkpoint_dir).is_relative_to(m) for m in mounts), mounts
-    # Metrics: served on all interfaces, exposed, and what the healthcheck fetches.
+    # Metrics: served on all interfaces; rank r on --metrics-port + r, each exposed and
+    # published; the healthcheck fetches rank 0's.
     assert args.metrics_host == "0.0.0.0"
-    assert str(args.metrics_port) in [str(p) for p in engine["expose"]]
+    expose = [str(p) for p in engine["expose"]]
+    ports = [str(p) for p in engine["ports"]]
+    for rank in range(args.world_size):
+        port = args.metrics_port + rank
+        assert str(port) in expose, port
+        assert f"{port}:{port}" in ports, port
     test = " ".join(_as_list(engine["healthcheck"]["test"]))
     assert f"127.0.0.1:{args.metrics_port}/metrics" in test
+
+
+def test_engine_redis_url_names_a_cluster_node(services):
+    url = _env(services["engine"])["SEVO_REDIS_URL"]
+    host_port = url.rsplit("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    assert host in REDIS_NODES
+    assert port == "6379"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as ``60s``, ``1m30s``."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_engine_ranks_get_time_for_their_final_checkpoint(services):
+    # docker stop -> SIGTERM to the launcher, which forwards it to the ranks and kills them
+    # after TORCH_ELASTIC_SHUTDOWN_TIMEOUT; docker kills everything after stop_grace_period.
+    engine = services["engine"]
+    grace = _seconds(str(engine["stop_grace_period"]))
+    shutdown = float(_env(engine)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
+    assert 30 <= shutdown < grace
 
 
 def test_engine_command_default_namespace_is_prod(compose_text, capsys, monkeypatch):
     doc = interpolate_tree(yaml.safe_load(compose_text), {"REDIS_PASSWORD": "pw"})
     args = _parse_with_env(doc["services"]["engine"], monkeypatch, capsys)
     assert args.namespace == "prod"
-    assert args.redis_url == "redis://:pw@redis:6379/0"
+    assert args.redis_url == "redis://:pw@redis-1:6379/0"
 
 
 def test_producer_is_a_demo_profile(services, capsys):
@@ -314,6 +352,318 @@ def test_producer_is_a_demo_profile(services, capsys):
     assert args.bootstrap == "kafka:9092"
     assert args.topic == "events"
     assert args.rate == 200
+    # Should the producer create the topic (kafka-init normally has), one partition per rank.
+    assert args.partitions >= WORLD_SIZE
+
+
+# --- Redis Cluster and the one-shot init services (scripts run under sh against stubs) --------
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_STUB_PRELUDE = """import json, os, sys
+with open(os.environ['STUB_LOG'], 'a') as f:
+    f.write(json.dumps(sys.argv[1:]) + '\\n')
+"""
+
+
+def _stub(directory: Path, name: str, body: str = "") -> Path:
+    """An executable Python program ``directory/name`` that appends its arguments to
+    ``$STUB_LOG`` (one JSON list a line), then runs ``body`` (with sys, os, json)."""
+    path = directory / name
+    # -IS: isolated, no site-packages (starts in a fraction of the time; stdlib only)
+    path.write_text(f"#!{sys.executable} -IS\n{_STUB_PRELUDE}{body}")
+    path.chmod(0o755)
+    return path
+
+
+def _run_script(
+    argv: list[str], tmp_path: Path, env: Mapping[str, str]
+) -> subprocess.CompletedProcess:
+    """Run a service's ``command`` (e.g. ``["sh", "-c", SCRIPT]``) with ``tmp_path/bin`` (the
+    stubs, and a ``sleep`` that returns at once) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    sleep = bin_dir / "sleep"
+    if not sleep.exists():
+        sleep.write_text("#!/bin/sh\nexit 0\n")
+        sleep.chmod(0o755)
+    full_env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env}
+    return subprocess.run(
+        argv, env=full_env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _calls(log: Path) -> list[list[str]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _flag(argv: list[str], name: str) -> str:
+    assert argv.count(name) == 1, f"{name} in {argv}"
+    return argv[argv.index(name) + 1]
+
+
+def _node_argv(service: dict, tmp_path: Path) -> list[str]:
+    """The argv a cluster node's command hands to the image's entrypoint (recorded by a stub
+    ``docker-entrypoint.sh``), with the container's HOSTNAME and environment."""
+    log = tmp_path / "entrypoint.jsonl"
+    _stub(_mkdir(tmp_path / "bin"), "docker-entrypoint.sh")
+    env = {**_env(service), "HOSTNAME": service["hostname"], "STUB_LOG": str(log)}
+    proc = _run_script(_as_list(service["command"]), tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    [argv] = _calls(log)
+    return argv
+
+
+@pytest.mark.parametrize("name", REDIS_NODES)
+def test_redis_cluster_node(services, name, tmp_path):
+    node = services[name]
+    assert node["image"].startswith("redis:7")
+    assert node["restart"] == "unless-stopped"
+    # Its hostname is its service name (a DNS name on the compose network), and it announces
+    # it: the cluster then tells clients to reach the node by that name.
+    assert node["hostname"] == name
+    argv = _node_argv(node, tmp_path)
+    assert argv[0] == "redis-server"  # through the image's entrypoint, which drops root
+    assert _flag(argv, "--cluster-enabled") == "yes"
+    assert _flag(argv, "--cluster-config-file")
+    assert "/" not in _flag(argv, "--cluster-config-file")  # in the working dir, /data
+    assert _flag(argv, "--cluster-node-timeout") == "5000"
+    assert _flag(argv, "--appendonly") == "yes"
+    assert _flag(argv, "--requirepass") == DUMMY_ENV["REDIS_PASSWORD"]
+    assert _flag(argv, "--masterauth") == DUMMY_ENV["REDIS_PASSWORD"]  # replicas authenticate
+    assert _flag(argv, "--cluster-announce-hostname") == name
+    assert _flag(argv, "--cluster-preferred-endpoint-type") == "hostname"
+    assert _flag(argv, "--port") == "6379"
+    # The append-only file and nodes.conf live on the node's own named volume.
+    assert list(_named_volumes(node).values()) == ["/data"]
+    test = " ".join(_as_list(node["healthcheck"]["test"]))
+    assert 'redis-cli -a "$REDIS_PASSWORD"' in test
+    assert "ping" in test
+
+
+def test_redis_cluster_nodes_share_one_definition_and_own_their_volumes(compose_text, services):
+    # One YAML anchor for the six nodes (PyYAML resolved the merge keys above).
+    assert compose_text.count("<<: *redis-node") == len(REDIS_NODES)
+    volumes = [v for name in REDIS_NODES for v in _named_volumes(services[name])]
+    assert len(set(volumes)) == len(REDIS_NODES), volumes
+
+
+_REDIS_CLI_STUB = """
+state_path = os.environ['STUB_STATE']
+with open(state_path) as f:
+    state = json.load(f)
+args = sys.argv[1:]
+host = args[args.index('-h') + 1] if '-h' in args else '127.0.0.1'
+if '--cluster' in args:
+    state['created'] = True
+    print('>>> Performing hash slots allocation on 6 nodes...')
+elif args[-1:] == ['ping']:
+    if host in state.get('down', []):
+        print('Could not connect to Redis at ' + host + ':6379', file=sys.stderr)
+        sys.exit(1)
+    print('PONG')
+elif args[-2:] == ['cluster', 'info']:
+    state['polls'] = state.get('polls', 0) + 1
+    ok_after = state.get('ok_after')
+    ok = state.get('created') or (ok_after is not None and state['polls'] > ok_after)
+    known = 6 if state.get('created') else state['known']
+    sys.stdout.write(
+        'cluster_enabled:1\\r\\ncluster_state:' + ('ok' if ok else 'fail') + '\\r\\n'
+        'cluster_slots_assigned:' + ('16384' if ok else '0') + '\\r\\n'
+        'cluster_known_nodes:' + str(known) + '\\r\\n'
+    )
+else:
+    print('unexpected redis-cli call', args, file=sys.stderr)
+    sys.exit(2)
+with open(state_path, 'w') as f:
+    json.dump(state, f)
+"""
+
+
+def _run_cluster_init(services, tmp_path, state: dict) -> tuple[subprocess.CompletedProcess, list]:
+    init = services["redis-cluster-init"]
+    _stub(_mkdir(tmp_path / "bin"), "redis-cli", _REDIS_CLI_STUB)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    env = {
+        **_env(init),
+        "STUB_STATE": str(tmp_path / "state.json"),
+        "STUB_LOG": str(tmp_path / "redis-cli.jsonl"),
+    }
+    proc = _run_script(_as_list(init["command"]), tmp_path, env)
+    return proc, _calls(tmp_path / "redis-cli.jsonl")
+
+
+def _creates(calls: list[list[str]]) -> list[list[str]]:
+    return [c for c in calls if "--cluster" in c]
+
+
+def test_redis_cluster_init_service(services):
+    init = services["redis-cluster-init"]
+    assert init["image"].startswith("redis:7")
+    assert str(init["restart"]) == "no"  # one-shot
+    assert "build" not in init
+    depends = init["depends_on"]
+    assert set(depends) == set(REDIS_NODES)
+    assert all(d["condition"] == "service_healthy" for d in depends.values())
+    assert _env(init)["REDIS_PASSWORD"] == DUMMY_ENV["REDIS_PASSWORD"]
+
+
+def test_redis_cluster_init_creates_a_new_cluster_over_all_six_nodes(services, tmp_path):
+    proc, calls = _run_cluster_init(services, tmp_path, {"known": 1})
+    assert proc.returncode == 0, proc.stderr
+    [create] = _creates(calls)
+    assert create[:2] == ["-a", DUMMY_ENV["REDIS_PASSWORD"]]
+    i = create.index("--cluster")
+    assert create[i + 1] == "create"
+    nodes = [a for a in create[i + 2 :] if not a.startswith("--") and ":" in a]
+    assert nodes == [f"{n}:6379" for n in REDIS_NODES]  # by service name, all six
+    assert _flag(create, "--cluster-replicas") == "1"  # 3 masters, a replica each
+    assert "--cluster-yes" in create  # no prompt in a container
+    # It waited for every node first, and for the cluster to be ok after creating it.
+    pinged = [c[c.index("-h") + 1] for c in calls if c[-1:] == ["ping"]]
+    assert pinged == REDIS_NODES
+    assert calls.index(create) > max(i for i, c in enumerate(calls) if c[-1:] == ["ping"])
+    assert calls[-1][-2:] == ["cluster", "info"]
+    assert "Redis Cluster ok" in proc.stdout
+
+
+def test_redis_cluster_init_leaves_a_formed_cluster_alone(services, tmp_path):
+    proc, calls = _run_cluster_init(services, tmp_path, {"known": 6, "ok_after": 0})
+    assert proc.returncode == 0, proc.stderr
+    assert not _creates(calls)
+    assert "already formed" in proc.stdout
+
+
+def test_redis_cluster_init_waits_for_a_cluster_formed_before(services, tmp_path):
+    # After a restart the nodes know each other (nodes.conf on their volumes) but the cluster
+    # is not ok until they have reconnected: wait, never create it again.
+    proc, calls = _run_cluster_init(services, tmp_path, {"known": 6, "ok_after": 3})
+    assert proc.returncode == 0, proc.stderr
+    assert not _creates(calls)
+    assert "Redis Cluster ok" in proc.stdout
+
+
+def test_redis_cluster_init_fails_when_a_formed_cluster_does_not_recover(services, tmp_path):
+    proc, calls = _run_cluster_init(services, tmp_path, {"known": 6, "ok_after": None})
+    assert proc.returncode != 0
+    assert not _creates(calls)
+    assert "not ok" in proc.stderr
+
+
+def test_redis_cluster_init_fails_when_a_node_does_not_answer(services, tmp_path):
+    proc, calls = _run_cluster_init(services, tmp_path, {"known": 1, "down": ["redis-4"]})
+    assert proc.returncode != 0
+    assert not _creates(calls)
+    assert "redis-4" in proc.stderr
+
+
+_KAFKA_TOPICS = "/opt/kafka/bin/kafka-topics.sh"
+_KAFKA_TOPICS_STUB = """
+state_path = os.environ['STUB_STATE']
+with open(state_path) as f:
+    state = json.load(f)
+args = sys.argv[1:]
+topic = args[args.index('--topic') + 1]
+count = state.get(topic)
+if '--create' in args:
+    if count is None:
+        state[topic] = int(args[args.index('--partitions') + 1])
+        print('Created topic ' + topic + '.')
+    elif '--if-not-exists' not in args:
+        print('Error: Topic ' + topic + ' already exists.', file=sys.stderr)
+        sys.exit(1)
+elif '--describe' in args:
+    if count is None:
+        print('Error: Topic ' + topic + ' does not exist', file=sys.stderr)
+        sys.exit(1)
+    print('Topic: ' + topic + '\\tTopicId: x\\tPartitionCount: ' + str(count)
+          + '\\tReplicationFactor: 1\\tConfigs: ')
+    for p in range(count):
+        print('\\tTopic: ' + topic + '\\tPartition: ' + str(p)
+              + '\\tLeader: 1\\tReplicas: 1\\tIsr: 1')
+with open(state_path, 'w') as f:
+    json.dump(state, f)
+"""
+
+
+def _run_kafka_init(services, tmp_path, topics: dict) -> tuple[subprocess.CompletedProcess, dict]:
+    init = services["kafka-init"]
+    argv = _as_list(init["command"])
+    assert _KAFKA_TOPICS in argv[-1]
+    stub = _stub(_mkdir(tmp_path / "bin"), "kafka-topics.sh", _KAFKA_TOPICS_STUB)
+    argv[-1] = argv[-1].replace(_KAFKA_TOPICS, str(stub))
+    (tmp_path / "state.json").write_text(json.dumps(topics))
+    env = {"STUB_STATE": str(tmp_path / "state.json"), "STUB_LOG": str(tmp_path / "kt.jsonl")}
+    proc = _run_script(argv, tmp_path, env)
+    for call in _calls(tmp_path / "kt.jsonl"):
+        assert _flag(call, "--bootstrap-server") == "kafka:9092"
+    return proc, json.loads((tmp_path / "state.json").read_text())
+
+
+def test_kafka_init_service(services):
+    init = services["kafka-init"]
+    assert init["image"] == services["kafka"]["image"]  # kafka-topics.sh of the same release
+    assert str(init["restart"]) == "no"  # one-shot
+    assert init["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+
+
+def test_kafka_init_creates_the_topic_with_a_partition_per_rank(services, tmp_path, capsys):
+    proc, topics = _run_kafka_init(services, tmp_path, {})
+    assert proc.returncode == 0, proc.stderr
+    engine = _parse(_as_list(services["engine"]["command"]), capsys)
+    assert topics[engine.topic] >= engine.world_size == WORLD_SIZE
+
+
+@pytest.mark.parametrize("existing", [2, 3])
+def test_kafka_init_keeps_an_existing_topic_with_enough_partitions(services, tmp_path, existing):
+    proc, topics = _run_kafka_init(services, tmp_path, {"events": existing})
+    assert proc.returncode == 0, proc.stderr
+    assert topics == {"events": existing}
+
+
+def test_kafka_init_fails_on_a_topic_with_too_few_partitions(services, tmp_path):
+    # The engine's ranks would refuse it; say so instead of starting them.
+    proc, topics = _run_kafka_init(services, tmp_path, {"events": 1})
+    assert proc.returncode != 0
+    assert topics == {"events": 1}  # not altered behind the operator's back
+    assert "1 partition(s)" in proc.stderr
+
+
+# --- deploy/README.md's commands -------------------------------------------------------------
+
+
+def _readme_commands(program: str) -> list[list[str]]:
+    """The command lines of ``bash`` blocks in deploy/README.md that start with ``program``
+    (backslash continuations joined, comments dropped)."""
+    text = (DEPLOY / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0] == program:
+                commands.append(words)
+    return commands
+
+
+def test_readme_torchrun_command_parses(capsys):
+    # Across machines: torch's launcher runs `-m streaming.cli run ...` on every machine.
+    from torch.distributed.run import get_args_parser
+
+    [argv] = _readme_commands("torchrun")
+    launcher = get_args_parser().parse_args(argv[1:])
+    assert launcher.module and launcher.training_script == "streaming.cli"
+    assert launcher.rdzv_backend == "c10d"
+    assert launcher.rdzv_endpoint and launcher.rdzv_id != "none"
+    args = _parse(launcher.training_script_args, capsys)
+    assert args.command == "run"
+    assert args.world_size == 1  # torchrun sets WORLD_SIZE; --world-size is for one machine
+    assert not args.peer_checkpoint_dir
 
 
 # --- Dockerfile and .dockerignore ------------------------------------------------------------

@@ -80,20 +80,26 @@ def test_dashboard_covers_what_an_operator_watches(dashboard):
         "sevo_prequential_ndcg10",
         "sevo_publish_age_seconds",
         "sevo_redis_up",
+        "sevo_broker_up",
         "sevo_dead_letters_total",
     ):
         assert metric in used, metric
 
 
-def test_prometheus_scrapes_the_engine_metrics_port(compose):
+def test_prometheus_scrapes_every_engine_rank(compose):
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     targets = [
         t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
     ]
     engine_cmd = [str(x) for x in compose["services"]["engine"]["command"]]
-    port = engine_cmd[engine_cmd.index("--metrics-port") + 1]
-    assert targets == [f"engine:{port}"]
-    assert port in [str(p) for p in compose["services"]["engine"]["expose"]]
+    port = int(engine_cmd[engine_cmd.index("--metrics-port") + 1])
+    # `sevo run --world-size N`: rank r serves its metrics on --metrics-port + r.
+    world_size = int(engine_cmd[engine_cmd.index("--world-size") + 1])
+    assert world_size == 2
+    ports = [port + rank for rank in range(world_size)]
+    assert targets == [f"engine:{p}" for p in ports]
+    expose = [str(p) for p in compose["services"]["engine"]["expose"]]
+    assert all(str(p) in expose for p in ports), expose
 
 
 def test_monitoring_services_mount_files_that_exist(compose):

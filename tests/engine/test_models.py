@@ -10,8 +10,8 @@ import torch
 from engine.models import MODELS, Recommender, build_model, model_class
 from engine.models.base import dropout, sample_negatives
 
-NAMES = list(MODELS)
-SEQUENTIAL = ["sasrec", "gru4rec", "bert4rec"]
+NAMES = list(MODELS)  # every registered backbone runs the generic tests below
+SEQUENTIAL = [name for name in NAMES if model_class(name).sequential]
 N_ITEMS, N_USERS, MAXLEN = 30, 40, 10
 
 
@@ -22,10 +22,17 @@ def make(name: str, **overrides) -> Recommender:
     if name in SEQUENTIAL:
         overrides.setdefault("maxlen", MAXLEN)
     model = build_model(name, N_ITEMS, N_USERS, seed=0, **overrides)
-    if name == "lightgcn":
+    if hasattr(model, "set_graph"):  # LightGCN carries the training graph inside the model
         users, items = _interactions()
         model.set_graph(users, items)
     return model
+
+
+def _encoded(model: Recommender, seqs: torch.Tensor, generator=None) -> tuple[torch.Tensor, ...]:
+    """``model.encode`` as a tuple of ``(B, T, D)`` streams (STOSA encodes a mean and a
+    covariance, the others one hidden state)."""
+    out = model.encode(seqs) if generator is None else model.encode(seqs, generator)
+    return tuple(out) if isinstance(out, tuple) else (out,)
 
 
 def _chains(length: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +97,6 @@ def test_registry_rejects_unknown_names_and_fields():
 def test_every_backbone_declares_what_its_user_representation_reads(name):
     cls = model_class(name)
     assert cls is MODELS[name][0] and isinstance(cls.sequential, bool)
-    assert cls.sequential == (name in SEQUENTIAL)
     model = make(name).eval()
     batch = _batch()
     other_users = {**batch, "users": batch["users"].flip(0)}
@@ -121,13 +127,20 @@ def test_shapes_and_score_all_is_a_dot_product(name):
         scores = model.score_all(batch)
         weight = model.item_output_weight()
         bias = model.item_output_bias()
-    assert rep.shape == (4, 64)
-    assert weight.shape == (N_ITEMS + 1, 64)
+    # widths come from the model: STOSA scores with 2·dim + 1 columns (a Wasserstein distance
+    # written as a dot product plus a bias), the others with dim
+    width = weight.shape[1]
+    assert width >= model.config.dim
+    assert rep.shape == (4, width)
+    assert weight.shape == (N_ITEMS + 1, width)
     assert scores.shape == (4, N_ITEMS + 1)
+    assert bias is None or bias.shape == (N_ITEMS + 1,)
     expected = rep @ weight.T + (0 if bias is None else bias)
     torch.testing.assert_close(scores, expected)
     if name in SEQUENTIAL:
-        assert model.encode(batch["seqs"]).shape == (4, MAXLEN, 64)
+        with torch.no_grad():
+            streams = _encoded(model, batch["seqs"])
+        assert all(h.shape == (4, MAXLEN, model.config.dim) for h in streams)
 
 
 @pytest.mark.parametrize("name", SEQUENTIAL)
@@ -135,9 +148,10 @@ def test_encoder_output_is_zero_at_padding_and_rejects_long_inputs(name):
     model = make(name).eval()
     seqs = _batch()["seqs"]
     with torch.no_grad():
-        h = model.encode(seqs)
-    assert torch.all(h[seqs == 0] == 0)
-    assert torch.all(h[seqs != 0].abs().sum(-1) > 0)
+        streams = _encoded(model, seqs)
+    for h in streams:
+        assert torch.all(h[seqs == 0] == 0)
+        assert torch.all(h[seqs != 0].abs().sum(-1) > 0)
     if name != "gru4rec":
         with pytest.raises(ValueError, match="exceeds maxlen"):
             model.encode(torch.ones(1, MAXLEN + 1, dtype=torch.long))
@@ -152,7 +166,8 @@ def test_extra_left_padding_changes_nothing(name):
     with torch.no_grad():
         torch.testing.assert_close(model.user_repr(padded), model.user_repr(batch))
         torch.testing.assert_close(
-            model.encode(padded["seqs"])[:, -6:], model.encode(batch["seqs"])
+            tuple(h[:, -6:] for h in _encoded(model, padded["seqs"])),
+            _encoded(model, batch["seqs"]),
         )
     # user_repr keeps the most recent maxlen items of a longer history
     longer = {"users": batch["users"], "seqs": _left_pad(batch["seqs"], MAXLEN + 7)}
@@ -357,7 +372,7 @@ def test_smoothing_groups_are_model_parameters_with_documented_shapes():
 
 
 def test_padding_rows_get_no_gradient():
-    for name in ("sasrec", "gru4rec", "mf", "bert4rec"):
+    for name in NAMES:
         model = make(name).train()
         batch = {"users": torch.arange(N_USERS), "seqs": _left_pad(_chains()[1], MAXLEN + 1)}
         model.loss(batch, _gen()).backward()

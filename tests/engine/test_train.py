@@ -7,9 +7,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from engine.data import build_interactions, split_leave_one_out
-from engine.train import OfflineConfig, build_item_graph, evaluate, train_offline
+from engine.train import (
+    CHECKPOINT_FILE,
+    OfflineConfig,
+    build_item_graph,
+    evaluate,
+    read_checkpoint,
+    train_offline,
+    trainable_users,
+)
+from graph_store import ItemGraph
 
 
 def cyclic_split(num_users: int = 120, num_items: int = 30, length: int = 12, seed: int = 0):
@@ -144,3 +154,176 @@ def test_category_graph_requires_categories():
     split = cyclic_split()
     with pytest.raises(ValueError, match="no item categories"):
         build_item_graph(split, OfflineConfig(graph="categories"))
+
+
+# ------------------------------------------------------------------------ resume, hooks
+def _small(**changes) -> OfflineConfig:
+    base = OfflineConfig(
+        model="sasrec",
+        optimizer="sevo-adamw",
+        epochs=6,
+        eval_every=2,
+        batch_size=32,
+        maxlen=10,
+        lr=5e-3,
+        model_overrides={"dim": 16},
+        checkpoint_every_epochs=2,
+    )
+    return replace(base, **changes)
+
+
+def _assert_same_run(a, b) -> None:
+    """Bit for bit: weights, metrics, per-user NDCG, curve, best epoch."""
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert a.valid == b.valid and a.test == b.test
+    assert np.array_equal(a.test_user_ndcg10, b.test_user_ndcg10)
+    assert a.curve == b.curve and a.best_epoch == b.best_epoch
+    assert len(a.epoch_seconds) == len(b.epoch_seconds)
+
+
+@pytest.mark.parametrize(
+    ("model", "optimizer"),
+    [("sasrec", "sevo-adamw"), ("bert4rec", "adamw"), ("stosa", "sevo-adamw")],
+)
+def test_a_run_stopped_after_epoch_k_and_resumed_to_n_equals_an_uninterrupted_run(
+    tmp_path, model, optimizer
+):
+    split = cyclic_split()
+    config = _small(model=model, optimizer=optimizer)
+    whole = train_offline(split, config, progress=False, keep_model=True)
+    ckpt = tmp_path / "ckpt"
+    first = train_offline(split, replace(config, epochs=4, checkpoint_dir=ckpt), progress=False)
+    assert [p["epoch"] for p in first.curve] == [2, 4]
+    assert read_checkpoint(ckpt / CHECKPOINT_FILE)["meta"]["epoch"] == 4
+    seen = []
+    resumed = train_offline(
+        split,
+        replace(config, checkpoint_dir=ckpt),
+        progress=False,
+        keep_model=True,
+        on_eval=seen.append,
+    )
+    _assert_same_run(whole, resumed)
+    # epochs 1-4 were not trained again; the restored curve was replayed to the listener
+    assert len(resumed.epoch_seconds) == 6 and seen == resumed.curve
+    assert read_checkpoint(ckpt / CHECKPOINT_FILE)["meta"]["epoch"] == 6
+
+
+def test_a_run_killed_by_an_exception_resumes_from_its_last_checkpoint(tmp_path):
+    split = cyclic_split()
+    config = _small(epochs=8, checkpoint_every_epochs=3, checkpoint_dir=str(tmp_path))
+    whole = train_offline(
+        split, replace(config, checkpoint_dir=None), progress=False, keep_model=True
+    )
+
+    def crash_at_six(point):
+        if point["epoch"] == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_offline(split, config, progress=False, on_eval=crash_at_six)
+    # written at epoch 6, before the listener ran: an early checkpoint and the curve up to it
+    meta = read_checkpoint(tmp_path / CHECKPOINT_FILE)["meta"]
+    assert meta["epoch"] == 6 and [p["epoch"] for p in meta["curve"]] == [2, 4, 6]
+    resumed = train_offline(split, config, progress=False, keep_model=True)
+    _assert_same_run(whole, resumed)
+
+
+def test_a_checkpoint_of_other_settings_or_data_is_ignored(tmp_path, caplog):
+    split = cyclic_split()
+    config = _small(epochs=4, checkpoint_dir=str(tmp_path))
+    train_offline(split, replace(config, lr=1e-3), progress=False)
+    fresh = train_offline(split, replace(config, checkpoint_dir=None), progress=False)
+    with caplog.at_level("WARNING"):
+        again = train_offline(split, config, progress=False)
+    assert "other settings" in caplog.text
+    assert again.test == fresh.test and len(again.epoch_seconds) == 4
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # same settings, other data
+        train_offline(cyclic_split(seed=5), config, progress=False)
+    assert "other settings, data or graph" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a checkpoint beyond the run's last epoch
+        train_offline(cyclic_split(seed=5), replace(config, epochs=2), progress=False)
+    assert "beyond epochs=2" in caplog.text
+
+
+def test_an_early_stopped_run_resumes_as_stopped(tmp_path):
+    split = cyclic_split()
+    config = _small(epochs=12, eval_every=1, patience=1, lr=5e-2, checkpoint_dir=str(tmp_path))
+    first = train_offline(split, config, progress=False)
+    assert len(first.epoch_seconds) < 12, "the settings must stop early"
+    meta = read_checkpoint(tmp_path / CHECKPOINT_FILE)["meta"]
+    assert meta["stopped"] and meta["epoch"] == len(first.epoch_seconds)
+    again = train_offline(split, config, progress=False)
+    assert again.test == first.test and again.curve == first.curve
+
+
+def test_extra_loss_is_added_to_every_step_and_item_graph_replaces_the_configured_one():
+    split = cyclic_split()
+    config = _small(optimizer="adamw", epochs=2, eval_every=1)
+    calls = []
+
+    def penalty(model, batch, generator):
+        calls.append((batch["seqs"].shape, isinstance(generator, torch.Generator)))
+        return 10.0 * model.item_output_weight().square().sum()
+
+    plain = train_offline(split, config, progress=False, keep_model=True)
+    pulled = train_offline(split, config, progress=False, keep_model=True, extra_loss=penalty)
+    steps_per_epoch = -(-trainable_users(split).size // config.batch_size)
+    assert len(calls) == 2 * steps_per_epoch
+    assert all(shape[1] == config.maxlen + 1 and gen for shape, gen in calls)
+    assert pulled.curve[0]["loss"] > plain.curve[0]["loss"]  # the mean loss includes the term
+    assert pulled.model.item_output_weight().norm() < 0.5 * plain.model.item_output_weight().norm()
+    zero = train_offline(
+        split,
+        config,
+        progress=False,
+        keep_model=True,
+        extra_loss=lambda m, b, g: 0.0 * b["seqs"].sum(),
+    )
+    assert zero.test == plain.test
+
+    # SEvo over a given graph: here a graph with one edge instead of the interaction graph
+    graph = ItemGraph(split.num_items + 1)
+    graph.add_edges(np.array([1]), np.array([2]))
+    graph.merge()
+    run = train_offline(
+        split, replace(config, optimizer="sevo-adamw"), progress=False, item_graph=graph
+    )
+    assert run.graph_nnz == graph.nnz == 2
+    with pytest.raises(ValueError, match="needs optimizer='sevo-adamw'"):
+        train_offline(split, config, progress=False, item_graph=graph)
+
+
+def test_run_grid_continues_an_unfinished_run_from_its_checkpoint(tmp_path, caplog):
+    from engine.experiments import load_split, run_grid, run_name
+
+    # the cyclic data set as a file the grid loads by path
+    rng = np.random.default_rng(0)
+    rows = ["user_id,item_id,timestamp"]
+    for u in range(60):
+        start = int(rng.integers(0, 30))
+        rows += [f"u{u},{(start + k) % 30 + 1},{k}" for k in range(12)]
+    data = tmp_path / "cycle.csv"
+    data.write_text("\n".join(rows) + "\n")
+    config = _small(epochs=6)
+    (whole,) = run_grid(str(data), [config], tmp_path / "whole", progress=False)
+    dataset, split = load_split(str(data))
+    name = run_name(dataset, config)
+    out = tmp_path / "interrupted"
+    # the grid was stopped after epoch 4: what it left is that run's checkpoint
+    train_offline(
+        split, replace(config, epochs=4, checkpoint_dir=out / "checkpoints" / name), progress=False
+    )
+    with caplog.at_level("INFO"):
+        (resumed,) = run_grid(str(data), [config], out, progress=False)
+    assert "resumed after epoch 4" in caplog.text
+    assert resumed["test"] == whole["test"] and resumed["curve"] == whole["curve"]
+    assert resumed["test_user_ndcg10"] == whole["test_user_ndcg10"]
+    assert len(resumed["epoch_seconds"]) == 6
+    assert not (out / "checkpoints" / name).exists()  # removed once the run finished
+    assert not (out / "runs" / f"{name}.partial.json").exists()
