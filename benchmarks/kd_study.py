@@ -41,8 +41,8 @@ Writes ``summary.json`` and ``summary.md`` (the paper's Beauty numbers next to e
 Usage::
 
     python benchmarks/kd_study.py --quick          # ML-100K slice, a plumbing check (< 2 min)
-    SEVO_BEAUTY_DIR=$(realpath ../shared/data/amazon-beauty) \\
-        python benchmarks/kd_study.py --data beauty   # the full study
+    python benchmarks/kd_study.py --data beauty    # the full study (Beauty from
+                                                   # `sevo data fetch beauty` or $SEVO_BEAUTY_DIR)
 """
 
 from __future__ import annotations

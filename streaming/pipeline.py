@@ -219,12 +219,10 @@ class Pipeline:
             ckpt = parse_checkpoint(blob, found[0] if found else Path("rank-0")) if blob else None
         else:
             ckpt = None if self.store is None else self.store.latest_checkpoint()
-        if ckpt is None and self.group.distributed:
-            self.initial_state = self.trainer.state_dict()
-            self._restore_evaluator(None)
-            return None
         if ckpt is None:
-            self.initial_state = self.trainer.state_dict() if self.store is not None else None
+            # kept to reload after lost partitions (only a checkpointing worker needs it)
+            keep = self.store is not None or self.group.distributed
+            self.initial_state = self.trainer.state_dict() if keep else None
             self._restore_evaluator(None)
             return None
         self._adopt(ckpt)
@@ -697,41 +695,65 @@ class Pipeline:
         if live:
             self.metrics.maybe_log(log)
         while not stop.is_set():
-            limit = cfg.max_batch
-            if cfg.max_records is not None:
-                limit = min(limit, cfg.max_records - self.records)
-                if limit <= 0:
-                    return "max_records"
+            limit = self._batch_limit()
+            if limit <= 0:
+                return "max_records"
             batch = source.next_batch(limit, cfg.batch_timeout_ms)
             if batch is None:
                 return "end"
             now = self.clock()
             if batch.records:
                 self.process(batch, live=live)
-                if bar is not None:
-                    bar.update(len(batch))
-                    ev = self.evaluator
-                    if ev is not None and ev.count:
-                        bar.set_postfix(
-                            hr10=f"{ev.hits / ev.count:.3f}", items=self.trainer.num_items
-                        )
-                last_record_t = now = self.clock()
-            else:
-                if self.publisher is not None:  # a due publish of the last batches' users
-                    self.publisher.observe(
-                        self.trainer, watermark=self.watermark, offsets=self.reflected()
-                    )
-                if live and not self._broker_up(source):
-                    last_record_t = now  # waiting for a lost broker is not an idle topic
-                if self._idle_too_long(now, max(last_record_t, self.assigned_at or t_start), live):
-                    return "idle"
+            now, last_record_t = self._after_poll(batch, source, bar, now, last_record_t, live)
+            if not batch.records and self._idle_too_long(
+                now, max(last_record_t, self.assigned_at or t_start), live
+            ):
+                return "idle"
             if self._checkpoint_due(now):
                 self.checkpoint_and_commit(why="periodic")
-            if self.timeseries is not None:
-                self.timeseries.maybe_record(self)
-            if live:
-                self._monitor(source, now)
+            self._periodic(source, now, live)
         return "stop"
+
+    def _batch_limit(self) -> int:
+        """Records the next batch may hold: ``max_batch``, less near ``max_records``."""
+        cfg = self.config
+        if cfg.max_records is None:
+            return cfg.max_batch
+        return min(cfg.max_batch, cfg.max_records - self.records)
+
+    def _after_poll(
+        self,
+        batch: EventBatch,
+        source: EventSource,
+        bar: Any,
+        now: float,
+        last_record_t: float,
+        live: bool,
+    ) -> tuple[float, float]:
+        """After a poll (and its :meth:`process` when it had records): the progress bar, or
+        for an empty poll the due publish of the last batches' users and the broker check.
+        Returns ``(now, time of the last record)``."""
+        if batch.records:
+            if bar is not None:
+                bar.update(len(batch))
+                ev = self.evaluator
+                if ev is not None and ev.count:
+                    bar.set_postfix(hr10=f"{ev.hits / ev.count:.3f}", items=self.trainer.num_items)
+            now = self.clock()
+            return now, now
+        if self.publisher is not None and not self.group.distributed:
+            # (a rank of a group ran process() on the empty batch, which observed already)
+            self.publisher.observe(self.trainer, watermark=self.watermark, offsets=self.reflected())
+        if live and not self._broker_up(source):
+            last_record_t = now  # waiting for a lost broker is not an idle topic
+        return now, last_record_t
+
+    def _periodic(self, source: EventSource, now: float, live: bool) -> None:
+        """The metrics time series and, for a live source, broker/lag/graph monitoring."""
+        if self.timeseries is not None:
+            self.timeseries.maybe_record(self)
+        if live:
+            self._monitor(source, now)
 
     def _group_loop(self, source: EventSource, stop: threading.Event, bar: Any) -> str:
         """The loop of one rank of a data-parallel group: every iteration each rank reads its
@@ -744,28 +766,14 @@ class Pipeline:
         ended = capped = False
         while True:
             batch = None
-            if cfg.max_records is not None and self.records >= cfg.max_records:
-                capped = True
+            capped = capped or self._batch_limit() <= 0
             if not (ended or capped):
-                limit = cfg.max_batch
-                if cfg.max_records is not None:
-                    limit = min(limit, cfg.max_records - self.records)
-                batch = source.next_batch(limit, cfg.batch_timeout_ms)
+                batch = source.next_batch(self._batch_limit(), cfg.batch_timeout_ms)
                 ended = batch is None
             batch = batch if batch is not None else EventBatch.empty()
             now = self.clock()
-            self.process(batch, live=live)
-            if batch.records:
-                if bar is not None:
-                    bar.update(len(batch))
-                last_record_t = now = self.clock()
-            else:
-                if self.publisher is not None:
-                    self.publisher.observe(
-                        self.trainer, watermark=self.watermark, offsets=self.reflected()
-                    )
-                if live and not self._broker_up(source):
-                    last_record_t = now
+            self.process(batch, live=live)  # every rank joins every step, even with nothing
+            now, last_record_t = self._after_poll(batch, source, bar, now, last_record_t, live)
             idle = self._idle_too_long(now, max(last_record_t, self.assigned_at or t_start), live)
             stopping, reading, idle_ranks, due, capped_ranks = self._agree(
                 stop.is_set(), not (ended or capped), idle, self._checkpoint_due(now), capped
@@ -778,10 +786,7 @@ class Pipeline:
                 return "idle"
             if due:
                 self.checkpoint_and_commit(why="periodic")
-            if self.timeseries is not None:
-                self.timeseries.maybe_record(self)
-            if live:
-                self._monitor(source, now)
+            self._periodic(source, now, live)
 
     def _broker_up(self, source: EventSource) -> bool:
         """The source's view of its broker (probed at most once per probe interval); True for

@@ -30,7 +30,7 @@ from streaming.cli import main
 from streaming.events import Event
 from streaming.kafka_client import ensure_topic, produce_events
 from streaming.serving import EmbeddingClient
-from tests.streaming.test_consumer import ml100k_events
+from tests.streaming.test_consumer import inspect, ml100k_events
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,8 +43,11 @@ SMALL = ["--dim", "16", "--maxlen", "10", "--threads", "1"]
 BY_EVENT_TIME = ["--decay-unit", "seconds", "--half-life", "2592000"]
 
 
-def _run_group(kafka_broker: str, topic: str, ckpt: Path, *extra: str, timeout: float = 300):
-    argv = [
+def _group_argv(
+    kafka_broker: str, topic: str, ckpt: Path, *extra: str, restarts: int = 0, idle_exit: int = 3
+) -> list[str]:
+    """``sevo run --world-size 2`` over ``topic`` (small SASRec), as a subprocess argv."""
+    return [
         sys.executable,
         "-m",
         "streaming.cli",
@@ -58,12 +61,16 @@ def _run_group(kafka_broker: str, topic: str, ckpt: Path, *extra: str, timeout: 
         "--world-size",
         "2",
         "--idle-exit",
-        "3",
+        str(idle_exit),
         "--max-restarts",
-        "0",
+        str(restarts),
         *SMALL,
         *extra,
     ]
+
+
+def _run_group(kafka_broker: str, topic: str, ckpt: Path, *extra: str, timeout: float = 300):
+    argv = _group_argv(kafka_broker, topic, ckpt, *extra)
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -157,12 +164,6 @@ def _workers(launcher: psutil.Process) -> list[psutil.Process]:
     ]
 
 
-def _inspect(capsys, directory: Path) -> dict:
-    capsys.readouterr()
-    assert main(["inspect", str(directory), "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
 def test_kill_9_of_one_rank_restarts_the_group_and_applies_every_event_once(
     kafka_broker, unique_name, tmp_path, capsys
 ):
@@ -172,30 +173,18 @@ def test_kill_9_of_one_rank_restarts_the_group_and_applies_every_event_once(
     produce_events(kafka_broker, topic, events[:1500])
     ckpt = tmp_path / "ckpt"
     log_path = tmp_path / "group.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "streaming.cli",
-        "run",
-        "--bootstrap",
+    argv = _group_argv(
         kafka_broker,
-        "--topic",
         topic,
-        "--checkpoint-dir",
-        str(ckpt),
-        "--world-size",
-        "2",
-        "--max-restarts",
-        "2",
-        "--idle-exit",
-        "4",
+        ckpt,
         "--checkpoint-every",
         "300",
         "--max-batch",
         "50",
-        *SMALL,
         *BY_EVENT_TIME,
-    ]
+        restarts=2,
+        idle_exit=4,
+    )
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -217,7 +206,7 @@ def test_kill_9_of_one_rank_restarts_the_group_and_applies_every_event_once(
     text = log_path.read_text()
     assert "resuming from checkpoint" in text  # the group came back from its checkpoint
 
-    after = _inspect(capsys, ckpt)
+    after = inspect(capsys, ckpt)
     assert after["events_applied"] == 3000
 
     # the same events replayed in one process: same counters and graph
@@ -245,7 +234,7 @@ def test_kill_9_of_one_rank_restarts_the_group_and_applies_every_event_once(
         )
         == 0
     )
-    reference = _inspect(capsys, replayed)
+    reference = inspect(capsys, replayed)
     for key in ("events_applied", "num_items", "num_users", "graph_nnz"):
         assert after[key] == reference[key], key
     assert math.isclose(after["graph_total_weight"], reference["graph_total_weight"], rel_tol=1e-6)
@@ -276,7 +265,7 @@ def test_kill_9_of_one_rank_restarts_the_group_and_applies_every_event_once(
         )
         == 0
     )
-    assert _inspect(capsys, single)["offsets"] == after["offsets"]
+    assert inspect(capsys, single)["offsets"] == after["offsets"]
 
 
 def test_a_rank_whose_partition_gets_nothing_never_stalls_the_other(
@@ -330,11 +319,11 @@ def test_a_restart_with_another_world_size_repartitions(
         "--json",
     ]
     assert main(one) == 0
-    assert _inspect(capsys, ckpt)["events_applied"] == 1500
+    assert inspect(capsys, ckpt)["events_applied"] == 1500
     produce_events(kafka_broker, topic, events[1500:])
     done = _run_group(kafka_broker, topic, ckpt, *BY_EVENT_TIME)
     assert done.returncode == 0, done.stderr[-4000:]
-    after = _inspect(capsys, ckpt)
+    after = inspect(capsys, ckpt)
     assert after["events_applied"] == 2000
     assert sum(after["offsets"].values()) == 2000
 
@@ -343,7 +332,7 @@ def test_a_restart_with_another_world_size_repartitions(
     at = one.index("--topic")
     one[at:at] = ["--group", unique_name("g")]
     assert main(one) == 0
-    reference = _inspect(capsys, straight)
+    reference = inspect(capsys, straight)
     assert after["offsets"] == reference["offsets"]
     for key in ("events_applied", "num_items", "num_users", "graph_nnz"):
         assert after[key] == reference[key], key
