@@ -267,6 +267,7 @@ def _rank(rank: int, port: int, sizes: list[int], touched: int, repeat: int, out
         result["psi"].append(psi)
     if rank == 0:
         Path(out).write_text(json.dumps(result))
+    dist.barrier()  # leave together (see tests/engine/test_data_parallel.py)
     dist.destroy_process_group()
 
 

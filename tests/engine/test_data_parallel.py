@@ -67,6 +67,9 @@ def _rank_main(rank: int, port: int, out_dir: str, empty_rank: int | None, cfg_k
         state = trainer.group_state_dict()
         if rank == 0:
             torch.save({"live": _state_of(trainer), "group": state}, f"{out_dir}/rank0.pt")
+        # Leave together: a rank tearing gloo down while its peer still runs aborted once
+        # ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
